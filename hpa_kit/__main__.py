@@ -1,0 +1,5 @@
+import sys
+
+from hpa_kit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of ``hpa-kit``; each module exposes ``register(subparsers)`` (see hpa_kit.cli)."""

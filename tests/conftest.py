@@ -1,0 +1,39 @@
+"""Shared fixtures. Real sample images are found through HPA_KIT_SAMPLES (set by `make test`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+SAMPLE_IDS = (
+    "000a6c98-bb9b-11e8-b2b9-ac1f6b6435d0",
+    "a34d8680-bb99-11e8-b2b9-ac1f6b6435d0",
+    "a7faf0b4-bb99-11e8-b2b9-ac1f6b6435d0",
+    "b6a469d8-bbad-11e8-b2ba-ac1f6b6435d0",
+)
+
+
+def _samples_dir() -> Path | None:
+    value = os.environ.get("HPA_KIT_SAMPLES")
+    if not value:
+        return None
+    path = Path(value)
+    return path if (path / "images").is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """The shared real-sample folder (images/, masks/, train.csv, sample_submission.csv)."""
+    path = _samples_dir()
+    if path is None:
+        pytest.skip("HPA_KIT_SAMPLES not set or not a sample folder (run through `make test`)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_ids() -> tuple[str, ...]:
+    return SAMPLE_IDS
