@@ -1,0 +1,320 @@
+"""The competition's mask encoding: binary masks and label images to text and back.
+
+Data contract
+-------------
+- A *binary mask* is a 2-D array of shape ``(height, width)`` (rows first), dtype ``bool`` or
+  an integer dtype holding only 0 and 1. Any memory order is accepted; nothing is modified.
+- A *label image* is a 2-D integer array, 0 = background, 1..N = cells. Ids need not be
+  contiguous (skipped ids are fine) and one id may cover several separate pieces.
+- A *size* is always ``(height, width)``, height first, as in pycocotools' ``"size"``.
+- *Mask text* (what goes into a PredictionString) is built exactly as the competition's
+  reference code builds it (REFERENCE.md section 1):
+
+  1. Read the mask's pixels in column-major (Fortran) order: down column 0, then column 1, ...
+  2. ``counts`` = the lengths of the alternating runs of 0s and 1s in that sequence, starting
+     with a run of 0s (which has length 0 when pixel (0, 0) is set). Runs are never empty
+     otherwise and they sum to ``height * width``. For ``[0 0 1 1 1 0 1]`` counts are
+     ``[2, 3, 1, 1]``.
+  3. pycocotools compresses ``counts`` into its LEB128-like ASCII string (6-bit groups, offset 48;
+     from the fourth count on, each count is stored as the difference to the count two before).
+  4. That string is compressed with zlib at level 9 (``Z_BEST_COMPRESSION``).
+  5. The zlib bytes are base64-encoded; the ASCII text is the mask text.
+
+  Decoding reverses the steps. The empty (all-False) mask has a fixed text per size, for example
+  ``eNoLCAgIMAEABJkBdQ==`` at 2048x2048.
+- A *COCO RLE* (:func:`to_coco_rle`) is pycocotools' ``{"size": [height, width], "counts":
+  bytes}`` (the step-3 string), usable with ``pycocotools.mask.iou/area/toBbox``.
+
+:func:`encode_label_image` encodes every cell of a label image in one pass: it finds each cell's
+bounding box with ``scipy.ndimage.find_objects``, computes the cell's runs inside the box and
+turns them into full-image runs, so it never builds a full-size mask per cell. Its output is
+byte-identical to calling :func:`encode_binary_mask` on ``labels == i`` for each cell ``i``.
+
+>>> mask = np.array([[0, 1, 1],
+...                  [0, 1, 0]], dtype=bool)
+>>> text = encode_binary_mask(mask)
+>>> text
+'eNozMjYEAAEwAJc='
+>>> to_coco_rle(text, 2, 3)["counts"]  # column-major runs [2, 3, 1] in pycocotools' string form
+b'231'
+>>> decode_binary_mask(text, 2, 3).astype(int).tolist()
+[[0, 1, 1], [0, 1, 0]]
+>>> encode_label_image(np.array([[0, 2, 2], [0, 2, 0]])) == {2: text}
+True
+>>> empty_mask_string(2048, 2048)
+'eNoLCAgIMAEABJkBdQ=='
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import zlib
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RLEError",
+    "decode_binary_mask",
+    "empty_mask_string",
+    "encode_binary_mask",
+    "encode_label_image",
+    "mask_counts",
+    "to_coco_rle",
+]
+
+
+class RLEError(ValueError):
+    """A mask, label image, size or mask text that does not follow the data contract."""
+
+
+def _coco_mask() -> Any:
+    try:
+        import pycocotools.mask as coco_mask
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "hpa_kit.rle needs pycocotools: pip install pycocotools (or hpa_kit's requirements)"
+        ) from error
+    return coco_mask
+
+
+def _check_size(height: int, width: int) -> tuple[int, int]:
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise RLEError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+        if value < 1:
+            raise RLEError(f"{name} must be >= 1, got {value}")
+    return int(height), int(width)
+
+
+def _check_mask(mask: np.ndarray) -> np.ndarray:
+    array = np.asarray(mask)
+    if array.ndim != 2:
+        raise RLEError(f"binary mask must be 2-D (height, width), got shape {array.shape}")
+    if array.size == 0:
+        raise RLEError(f"binary mask is empty: shape {array.shape}")
+    if array.dtype == np.bool_:
+        return array
+    if not np.issubdtype(array.dtype, np.integer):
+        raise RLEError(f"binary mask must be bool or integer 0/1, got dtype {array.dtype}")
+    if array.min() < 0 or array.max() > 1:
+        raise RLEError(
+            f"integer binary mask must hold only 0 and 1, got values in "
+            f"[{array.min()}, {array.max()}] (dtype {array.dtype}); for a label image use "
+            "encode_label_image"
+        )
+    return array
+
+
+def _text_from_coco_counts(counts: bytes) -> str:
+    return base64.b64encode(zlib.compress(counts, zlib.Z_BEST_COMPRESSION)).decode("ascii")
+
+
+def _coco_counts_from_text(text: str | bytes) -> bytes:
+    if isinstance(text, str):
+        try:
+            raw = text.strip().encode("ascii")
+        except UnicodeEncodeError as error:
+            raise RLEError(f"mask text must be ASCII base64, got {text[:40]!r}") from error
+    elif isinstance(text, bytes):
+        raw = text.strip()
+    else:
+        raise RLEError(f"mask text must be str or bytes, got {type(text).__name__}")
+    if not raw:
+        raise RLEError("mask text is empty")
+    try:
+        compressed = base64.b64decode(raw, validate=True)
+    except binascii.Error as error:
+        raise RLEError(f"mask text is not valid base64: {raw[:40]!r}: {error}") from error
+    try:
+        return zlib.decompress(compressed)
+    except zlib.error as error:
+        raise RLEError(f"mask text is not zlib-compressed data: {raw[:40]!r}: {error}") from error
+
+
+def _parse_coco_counts(data: bytes) -> np.ndarray:
+    """Run lengths (int64) of a pycocotools compressed counts string (inverse of step 3)."""
+    counts: list[int] = []
+    position = 0
+    length = len(data)
+    while position < length:
+        value = 0
+        shift = 0
+        while True:
+            if position >= length:
+                raise RLEError(f"truncated counts string {data[:40]!r}")
+            char = data[position] - 48
+            if not 0 <= char < 64:
+                raise RLEError(f"bad character {chr(data[position])!r} in counts string")
+            value |= (char & 0x1F) << shift
+            position += 1
+            shift += 5
+            if not char & 0x20:
+                if char & 0x10:
+                    value -= 1 << shift
+                break
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    runs = np.asarray(counts, dtype=np.int64)
+    if runs.size and (runs.min() < 0 or (runs[1:] == 0).any()):
+        raise RLEError(f"counts string {data[:40]!r} holds a negative or empty run")
+    return runs
+
+
+def mask_counts(text: str | bytes, height: int, width: int) -> np.ndarray:
+    """Run lengths (int64, column-major, starting with 0s) of a mask text; validated.
+
+    >>> mask_counts("eNozMjYEAAEwAJc=", 2, 3).tolist()
+    [2, 3, 1]
+    """
+    height, width = _check_size(height, width)
+    runs = _parse_coco_counts(_coco_counts_from_text(text))
+    total = int(runs.sum())
+    if total != height * width:
+        raise RLEError(
+            f"mask text covers {total} pixels, expected height*width = {height}*{width} = "
+            f"{height * width}"
+        )
+    return runs
+
+
+def encode_binary_mask(mask: np.ndarray) -> str:
+    """Mask text of a 2-D bool (or integer 0/1) mask, exactly as the competition builds it.
+
+    >>> encode_binary_mask(np.zeros((1728, 1728), dtype=bool))
+    'eNoLCAjJNgIABNkBkg=='
+    """
+    array = _check_mask(mask)
+    fortran = np.asfortranarray(array.astype(np.uint8, copy=False)[:, :, None])
+    counts = _coco_mask().encode(fortran)[0]["counts"]
+    return _text_from_coco_counts(counts)
+
+
+def decode_binary_mask(text: str | bytes, height: int, width: int) -> np.ndarray:
+    """The ``(height, width)`` bool mask (C order) of a mask text.
+
+    Raises :class:`RLEError` when the text is not base64/zlib/counts data or does not cover
+    exactly ``height * width`` pixels.
+
+    >>> decode_binary_mask(empty_mask_string(3, 2), 3, 2).any()
+    np.False_
+    """
+    runs = mask_counts(text, height, width)
+    values = np.zeros(runs.size, dtype=bool)
+    values[1::2] = True
+    column_major = np.repeat(values, runs)
+    return np.ascontiguousarray(column_major.reshape(width, height).T)
+
+
+def to_coco_rle(text: str | bytes, height: int, width: int) -> dict:
+    """pycocotools RLE ``{"size": [height, width], "counts": bytes}`` of a mask text (validated).
+
+    >>> to_coco_rle(empty_mask_string(2, 2), 2, 2)
+    {'size': [2, 2], 'counts': b'4'}
+    """
+    height, width = _check_size(height, width)
+    counts = _coco_counts_from_text(text)
+    total = int(_parse_coco_counts(counts).sum())
+    if total != height * width:
+        raise RLEError(
+            f"mask text covers {total} pixels, expected height*width = {height}*{width} = "
+            f"{height * width}"
+        )
+    return {"size": [height, width], "counts": counts}
+
+
+def _text_from_runs(runs: np.ndarray, height: int, width: int) -> str:
+    coco = _coco_mask().frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    return _text_from_coco_counts(coco["counts"])
+
+
+@functools.lru_cache(maxsize=64)
+def empty_mask_string(height: int, width: int) -> str:
+    """Mask text of the all-False ``(height, width)`` mask (built from its one run, no pixels).
+
+    >>> empty_mask_string(3072, 3072)
+    'eNoLCAgIsAQABJ4Beg=='
+    """
+    height, width = _check_size(height, width)
+    return _text_from_runs(np.array([height * width], dtype=np.int64), height, width)
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.ndim != 2:
+        raise RLEError(f"label image must be 2-D (height, width), got shape {array.shape}")
+    if array.size == 0:
+        raise RLEError(f"label image is empty: shape {array.shape}")
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise RLEError(
+            f"label image must have an integer dtype (0 = background, 1..N = cells), got "
+            f"{array.dtype}; for one bool mask use encode_binary_mask"
+        )
+    if np.issubdtype(array.dtype, np.signedinteger) and array.min() < 0:
+        raise RLEError(f"label image holds negative labels (min {array.min()})")
+    return array
+
+
+def _box_runs(
+    box_mask: np.ndarray, row0: int, col0: int, height: int, width: int
+) -> np.ndarray | None:
+    """Full-image column-major runs of a mask given by its bounding-box part at (row0, col0)."""
+    box_height, box_width = box_mask.shape
+    # One row of padding above and below each column, then the transitions down each column.
+    padded = np.zeros((box_width, box_height + 2), dtype=np.int8)
+    padded[:, 1:-1] = box_mask.T
+    steps = np.diff(padded, axis=1)
+    start_cols, start_rows = np.nonzero(steps == 1)  # C order of (col, row): column-major order
+    end_cols, end_rows = np.nonzero(steps == -1)
+    if start_cols.size == 0:
+        return None
+    starts = (start_cols + col0).astype(np.int64) * height + start_rows + row0
+    ends = (end_cols + col0).astype(np.int64) * height + end_rows + row0
+    if box_height == height:
+        # A run reaching the bottom of a column continues at the top of the next one.
+        joined = ends[:-1] == starts[1:]
+        if joined.any():
+            starts = starts[np.concatenate(([True], ~joined))]
+            ends = ends[np.concatenate((~joined, [True]))]
+    n = starts.size
+    runs = np.empty(2 * n + 1, dtype=np.int64)
+    runs[0] = starts[0]
+    runs[1::2] = ends - starts
+    runs[2:-1:2] = starts[1:] - ends[:-1]
+    runs[-1] = height * width - ends[-1]
+    return runs if runs[-1] else runs[:-1]
+
+
+def encode_label_image(labels: np.ndarray) -> dict[int, str]:
+    """Mask text of every cell of a label image, ``{cell id: text}`` with ids ascending.
+
+    One pass over the image (``scipy.ndimage.find_objects``) and then work proportional to each
+    cell's bounding box; byte-identical to ``encode_binary_mask(labels == i)`` for each id ``i``
+    present. An image without cells gives ``{}``.
+
+    >>> encode_label_image(np.array([[1, 0, 3]], dtype=np.int32))
+    {1: 'eNozMDQCAAEnAJQ=', 3: 'eNozMgQAAJcAZA=='}
+    """
+    from scipy import ndimage
+
+    array = _check_labels(labels)
+    height, width = array.shape
+    if array.max() == 0:
+        return {}
+    if array.dtype.itemsize > 4 or array.dtype == np.uint32:
+        if array.max() > np.iinfo(np.int32).max:
+            raise RLEError(f"label image ids must fit int32, got max {array.max()}")
+        array = array.astype(np.int32)
+    out: dict[int, str] = {}
+    for index, box in enumerate(ndimage.find_objects(array)):
+        if box is None:
+            continue
+        cell = index + 1
+        rows, cols = box
+        runs = _box_runs(array[box] == cell, rows.start, cols.start, height, width)
+        if runs is not None:
+            out[cell] = _text_from_runs(runs, height, width)
+    return out
