@@ -1,0 +1,42 @@
+"""``hpa-kit folds``: add a multi-label stratified ``fold`` column to a training CSV."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "folds",
+        help="assign multi-label stratified folds to a training CSV",
+        description=(
+            "Read a CSV with an image id column and a label column of '8|5|0' strings, assign "
+            "each row to a fold with MultilabelStratifiedKFold (seeded shuffle) and write the "
+            "table with an int column 'fold'."
+        ),
+    )
+    parser.add_argument("csv", help="training table, e.g. train.csv (ID,Label)")
+    parser.add_argument("--out", required=True, help="output CSV (the input plus 'fold')")
+    parser.add_argument("--n-splits", type=int, default=5, help="number of folds (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    parser.add_argument("--label-col", default="Label", help="label column (default Label)")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from hpa_kit.folds import make_folds
+
+    table = pd.read_csv(args.csv, dtype={args.label_col: str}, keep_default_na=False)
+    out = make_folds(table, n_splits=args.n_splits, seed=args.seed, label_col=args.label_col)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, index=False)
+    sizes = out["fold"].value_counts().sort_index()
+    print(f"wrote {path}: {len(out)} rows, fold sizes " + ", ".join(map(str, sizes.tolist())))
+    return 0
