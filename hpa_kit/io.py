@@ -127,7 +127,8 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 
 def _imread(path: Path, missing: type[MissingImageError]) -> np.ndarray:
     if not path.is_file():
-        raise missing(f"image file not found: {path}")
+        what = "channel file" if issubclass(missing, MissingChannelError) else "image file"
+        raise missing(f"{what} not found: {path}")
     data = _cv2().imread(str(path), _cv2().IMREAD_UNCHANGED)
     if data is None:
         raise CorruptImageError(
