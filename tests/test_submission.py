@@ -1,0 +1,356 @@
+"""hpa_kit.submission: PredictionStrings, write_submission, validate_submission, CLI."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_kit.cli import main
+from hpa_kit.rle import empty_mask_string, encode_binary_mask
+from hpa_kit.submission import (
+    FILE_KEY,
+    SubmissionError,
+    cells_prediction_string,
+    format_confidence,
+    format_prediction_string,
+    parse_prediction_string,
+    placeholder_prediction_string,
+    read_sample,
+    read_submission,
+    validate_submission,
+    write_submission,
+)
+
+# A 3 x 4 image (height 3, width 4) with two cells.
+M1 = encode_binary_mask(np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=bool))
+M2 = encode_binary_mask(np.array([[0, 0, 0, 1], [0, 0, 1, 1], [0, 0, 0, 1]], dtype=bool))
+E34 = empty_mask_string(3, 4)
+
+
+def _sample() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "ID": ["a", "b", "c", "d"],
+            "ImageWidth": [4, 4, 4, 6],
+            "ImageHeight": [3, 3, 3, 5],
+            "PredictionString": [f"0 1 {E34}"] * 3 + [f"0 1 {empty_mask_string(5, 6)}"],
+        }
+    )
+
+
+# --------------------------------------------------------------------------- strings
+
+
+def test_format_confidence_literal() -> None:
+    cases = [
+        (0.0, "0"),
+        (-0.0, "0"),
+        (1.0, "1"),
+        (0.5, "0.5"),
+        (0.25, "0.25"),
+        (0.123456789, "0.123457"),
+        (0.9999999, "1"),
+        (0.0001, "0.0001"),
+        (0.00012345678, "0.000123457"),
+        (0.000099999999, "0.0001"),
+        (1.5e-7, "0.00000015"),
+        (np.float32(0.75), "0.75"),
+    ]
+    for value, text in cases:
+        assert format_confidence(value) == text, value
+    for bad in (1.5, -0.1, math.nan, math.inf):
+        with pytest.raises(SubmissionError):
+            format_confidence(bad)
+
+
+def test_confidence_text_round_trips_to_six_digits() -> None:
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.random(2000), 10.0 ** rng.uniform(-12, 0, 2000)])
+    for v in values:
+        text = format_confidence(v)
+        assert "e" not in text and "E" not in text
+        assert float(text) == pytest.approx(v, rel=5e-6, abs=0)
+        digits = text.replace("0.", "", 1).lstrip("0").replace(".", "")
+        assert len(digits) <= 6
+
+
+def test_prediction_string_round_trip() -> None:
+    triplets = [(0, 0.5, M1), (16, 1.0, M1), (3, 0.000123, M2), (18, 0.0, M2)]
+    text = format_prediction_string(triplets)
+    assert text == f"0 0.5 {M1} 16 1 {M1} 3 0.000123 {M2} 18 0 {M2}"
+    assert parse_prediction_string(text) == triplets
+    assert parse_prediction_string("  " + text.replace(" ", "   ") + "\n") == triplets
+    assert format_prediction_string([]) == ""
+    assert parse_prediction_string("") == [] == parse_prediction_string(" ")
+    assert parse_prediction_string(None) == [] == parse_prediction_string(float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("0 1", "2 tokens"),
+        (f"0 1 {M1} 2", "4 tokens"),
+        (f"x 1 {M1}", "class 'x'"),
+        (f"1.0 1 {M1}", "class '1.0'"),
+        (f"0 high {M1}", "confidence 'high'"),
+    ],
+)
+def test_parse_prediction_string_rejects_malformed(text: str, match: str) -> None:
+    with pytest.raises(SubmissionError, match=match):
+        parse_prediction_string(text)
+
+
+@pytest.mark.parametrize(
+    "triplet",
+    [(19, 0.5, "m"), (-1, 0.5, "m"), (1.0, 0.5, "m"), (True, 0.5, "m"), (0, 1.5, "m"),
+     (0, float("nan"), "m"), (0, 0.5, ""), (0, 0.5, "a b")],
+)  # fmt: skip
+def test_format_prediction_string_rejects_bad_values(triplet) -> None:
+    with pytest.raises(SubmissionError):
+        format_prediction_string([triplet])
+
+
+def test_placeholder_matches_sample_rows() -> None:
+    assert placeholder_prediction_string(2048, 2048) == "0 1 eNoLCAgIMAEABJkBdQ=="
+    assert placeholder_prediction_string(1728, 1728) == "0 1 eNoLCAjJNgIABNkBkg=="
+    assert placeholder_prediction_string(3072, 3072) == "0 1 eNoLCAgIsAQABJ4Beg=="
+
+
+def test_cells_prediction_string_order_and_floor() -> None:
+    probs = {
+        2: np.eye(19)[18] * 0.5,  # only class 18
+        1: np.r_[0.9, 0.05, np.zeros(15), 0.3, 0.0],  # classes 0, 1, 17
+    }
+    masks = {2: M2, 1: M1}
+    assert cells_prediction_string(masks, probs, floor=0.05) == (
+        f"0 0.9 {M1} 1 0.05 {M1} 17 0.3 {M1} 18 0.5 {M2}"
+    )
+    everything = parse_prediction_string(cells_prediction_string(masks, probs))
+    assert len(everything) == 2 * 19
+    assert [t[0] for t in everything[:19]] == list(range(19))
+    assert cells_prediction_string(masks, probs, floor=0.95) == ""
+    assert cells_prediction_string({}, {}) == ""
+    with pytest.raises(SubmissionError, match="same cell ids"):
+        cells_prediction_string({1: M1}, {2: np.zeros(19)})
+    with pytest.raises(SubmissionError, match="19 class probabilities"):
+        cells_prediction_string({1: M1}, {1: [0.5, 0.5]})
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def test_read_sample_checks(tmp_path) -> None:
+    sample = read_sample(_sample())
+    assert list(sample.columns) == ["ID", "ImageWidth", "ImageHeight"]
+    assert sample["ImageWidth"].tolist() == [4, 4, 4, 6]
+    bad = _sample().drop(columns="ImageHeight")
+    with pytest.raises(SubmissionError, match="ImageHeight"):
+        read_sample(bad)
+    with pytest.raises(SubmissionError, match="repeated"):
+        read_sample(pd.concat([_sample(), _sample().iloc[:1]]))
+    with pytest.raises(SubmissionError, match="positive integer.*'b'"):
+        read_sample(_sample().assign(ImageWidth=["4", "0", "4", "6"]))
+    with pytest.raises(SubmissionError, match="not found"):
+        read_sample(tmp_path / "missing.csv")
+    with pytest.raises(SubmissionError, match="PredictionString"):
+        read_submission(_sample().drop(columns="PredictionString"))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_write_submission_placeholders_and_report(tmp_path) -> None:
+    predictions = {
+        "a": f"0 0.9 {M1} 5 0.25 {M2}",
+        "b": "",  # no cells
+        "c": "0 0.9",  # malformed
+        "zz": f"0 0.5 {M1}",  # not in the sample
+    }
+    out = tmp_path / "sub" / "submission.csv"
+    report = write_submission(out, predictions, _sample(), failures={"d": "segmentation crashed"})
+    assert report.path == out and report.n_rows == 4 and report.n_predicted == 1
+    assert report.placeholders == {
+        "b": "no cells",
+        "c": "invalid: PredictionString has 2 tokens, not a multiple of 3 (class confidence mask)",
+        "d": "failed: segmentation crashed",
+    }
+    assert report.extra == ("zz",)
+    assert "placeholder d: failed: segmentation crashed" in report.summary()
+    lines = out.read_text().splitlines()
+    assert lines == [
+        "ID,ImageWidth,ImageHeight,PredictionString",
+        f"a,4,3,0 0.9 {M1} 5 0.25 {M2}",
+        f"b,4,3,0 1 {E34}",
+        f"c,4,3,0 1 {E34}",
+        f"d,6,5,0 1 {empty_mask_string(5, 6)}",
+    ]
+    assert [p.name for p in out.parent.iterdir()] == ["submission.csv"]  # no temp left
+    assert validate_submission(out, _sample()).ok
+
+
+def test_write_submission_missing_id_and_sample_path(tmp_path) -> None:
+    _sample().to_csv(tmp_path / "sample.csv", index=False)
+    report = write_submission(tmp_path / "s.csv", {"b": f"3 1 {M2}"}, tmp_path / "sample.csv")
+    assert report.placeholders == {
+        "a": "missing: no prediction",
+        "c": "missing: no prediction",
+        "d": "missing: no prediction",
+    }
+    written = read_submission(tmp_path / "s.csv")
+    assert written["ID"].tolist() == ["a", "b", "c", "d"]
+    assert written["PredictionString"].tolist()[1] == f"3 1 {M2}"
+
+
+def test_write_submission_is_atomic(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "submission.csv"
+    out.write_text("old contents\n")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_submission(out, {}, _sample())
+    assert out.read_text() == "old contents\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _good() -> pd.DataFrame:
+    df = _sample()
+    df.loc[0, "PredictionString"] = f"0 0.9 {M1} 16 0.5 {M1} 2 0.125 {M2}"
+    return df
+
+
+def test_validate_good_submission(tmp_path) -> None:
+    report = validate_submission(_good(), _sample())
+    assert report.ok and report.problems == {}
+    assert report.n_masks_checked == 2 + 1 + 1 + 1  # distinct masks per row
+    assert report.summary().startswith("OK: 4 rows")
+    _good().to_csv(tmp_path / "sub.csv", index=False)
+    assert validate_submission(tmp_path / "sub.csv", _sample()).ok
+
+
+def _problems(df: pd.DataFrame) -> dict[str, list[str]]:
+    report = validate_submission(df, _sample())
+    assert not report.ok
+    return report.problems
+
+
+def test_validate_missing_extra_duplicate_ids() -> None:
+    df = _good()
+    assert _problems(df.iloc[1:]) == {"a": ["missing: id of the sample has no row"]}
+    extra = pd.concat([df, df.iloc[[1]].assign(ID="x")])
+    assert _problems(extra) == {"x": ["extra: id is not in the sample"]}
+    dup = pd.concat([df, df.iloc[[2]]])
+    assert _problems(dup) == {"c": ["row 2: id appears 2 times", "row 4: id appears 2 times"]}
+
+
+def test_validate_sizes() -> None:
+    df = _good().astype({"ImageHeight": object})
+    df.loc[1, "ImageWidth"] = 5
+    df.loc[2, "ImageHeight"] = "three"
+    problems = _problems(df)
+    assert problems["b"][0] == "ImageWidth 5, expected 4"
+    # The mask is checked at the stated size: 3 x 4 pixels do not cover 3 x 5.
+    assert "covers 12 pixels" in problems["b"][1]
+    assert problems["c"] == ["ImageHeight 'three' is not a positive integer"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (f"19 0.5 {M1}", "triplet 0: class 19 out of range 0..18"),
+        (f"0 0.5 {M1} -1 0.5 {M1}", "triplet 1: class -1 out of range 0..18"),
+        (f"a 0.5 {M1}", "triplet 0: class 'a' is not an integer"),
+        (f"0 1.5 {M1}", "triplet 0: confidence 1.5 out of range [0, 1]"),
+        (f"0 -0.5 {M1}", "triplet 0: confidence -0.5 out of range [0, 1]"),
+        (f"0 nan {M1}", "triplet 0: confidence 'nan' is not finite"),
+        (f"0 inf {M1}", "triplet 0: confidence 'inf' is not finite"),
+        (f"0 x {M1}", "triplet 0: confidence 'x' is not a number"),
+        (f"0 0.5 {M1} 1", "PredictionString has 4 tokens, not a multiple of 3"),
+        ("", "empty PredictionString"),
+        ("0 0.5 notbase64!", "mask 'notbase64!'"),
+        ("0 0.5 aGVsbG8=", "not zlib"),  # base64 of b"hello"
+        (f"0 0.5 {empty_mask_string(4, 4)}", "covers 16 pixels, expected height*width = 3*4"),
+    ],
+)
+def test_validate_catches_each_prediction_problem(text: str, message: str) -> None:
+    df = _good()
+    df.loc[1, "PredictionString"] = text
+    problems = _problems(df)
+    assert list(problems) == ["b"]
+    assert len(problems["b"]) == 1
+    assert message in problems["b"][0]
+
+
+def test_validate_decodes_each_distinct_mask_once(monkeypatch) -> None:
+    import hpa_kit.submission as submission
+
+    calls: list[str] = []
+    real = submission.to_coco_rle
+
+    def counting(text, height, width):
+        calls.append(text)
+        return real(text, height, width)
+
+    monkeypatch.setattr(submission, "to_coco_rle", counting)
+    df = _good()
+    df.loc[1, "PredictionString"] = " ".join(f"{c} 0.5 {M2}" for c in range(19))
+    assert validate_submission(df, _sample()).ok
+    assert sorted(calls) == sorted([M1, M2, M2, E34, empty_mask_string(5, 6)])
+
+
+def test_validate_missing_column_and_caps_messages() -> None:
+    report = validate_submission(_good().drop(columns="ImageWidth"), _sample())
+    assert list(report.problems) == [FILE_KEY]
+    assert "ImageWidth" in report.problems[FILE_KEY][0]
+    df = _good()
+    df.loc[1, "PredictionString"] = " ".join(f"{19 + c} 0.5 {M2}" for c in range(30))
+    messages = validate_submission(df, _sample()).problems["b"]
+    assert len(messages) == 11 and messages[-1] == "(more problems not shown)"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_validate(tmp_path, capsys) -> None:
+    _sample().to_csv(tmp_path / "sample.csv", index=False)
+    _good().to_csv(tmp_path / "good.csv", index=False)
+    bad = _good()
+    bad.loc[3, "PredictionString"] = f"0 1.5 {M1}"
+    bad.iloc[1:].to_csv(tmp_path / "bad.csv", index=False)
+    sample = ["--sample", str(tmp_path / "sample.csv")]
+
+    assert main(["validate", str(tmp_path / "good.csv"), *sample]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK:") and len(out.splitlines()) == 1
+
+    assert main(["validate", str(tmp_path / "bad.csv"), *sample]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("INVALID: 3 problem(s) in 2 id(s)")
+    assert "  a: missing: id of the sample has no row" in out
+    assert "  d: triplet 0: confidence 1.5 out of range [0, 1]" in out
+    assert "covers 12 pixels" in out  # the 3 x 4 mask in a 5 x 6 image
+
+    assert main(["validate", str(tmp_path / "nope.csv"), *sample]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- real sample
+
+
+def test_real_sample_submission_validates_against_itself(samples_dir, capsys) -> None:
+    path = samples_dir / "sample_submission.csv"
+    report = validate_submission(path, path)
+    assert report.ok, report.summary()
+    assert report.n_rows == report.n_expected == 559
+    assert report.n_masks_checked == 559
+    assert main(["validate", str(path), "--sample", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("OK: 559 rows")
