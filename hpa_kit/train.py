@@ -1,0 +1,577 @@
+"""Train one fold of an image-level classifier: ``fit(TrainConfig(...)) -> TrainResult``.
+
+The recipe is the seed solution's (REFERENCE.md section 2): a timm model
+(:func:`hpa_kit.model.build_classifier`), AdamW, a cosine learning-rate schedule stepped per
+optimizer step (optional linear warm-up), the seed's augmentations and focal/BCE loss, AMP
+(``torch.autocast`` float16 + ``GradScaler``) on CUDA, gradient accumulation and clipping.
+
+Outputs, in ``out_dir`` (only rank 0 writes):
+
+- ``best/`` and ``last/``: checkpoints in the predictor's format
+  (:func:`hpa_kit.model.save_checkpoint`: ``model.pt`` + ``config.json`` with channels,
+  input size, mean/std, ``fold`` and ``metrics``); ``last/train_state.pt`` adds the optimizer,
+  scheduler and scaler states, the finished epoch, the best score and the RNG states.
+- ``log.jsonl``: one JSON object per epoch (epoch, lr, train_loss, val_loss, macro_f1,
+  micro_f1, per_class_f1, classes_in_val, best, elapsed_s).
+- ``train_config.json``: the :class:`TrainConfig` of the run.
+
+Validation (every epoch, threshold ``config.threshold`` = 0.5): loss (same criterion as
+training, mean over all elements), per-class F1, macro-F1 = mean over the classes with at
+least one positive in the validation fold, micro-F1 (:func:`hpa_kit._train_metrics.f1_scores`).
+
+Reproducibility and exact resume: the model is initialised from ``seed``; at the start of
+every epoch ``random``, ``numpy`` and ``torch`` are reseeded from ``(seed, epoch, rank)``;
+the sample order is a permutation drawn from ``seed + epoch`` and each sample's augmentation
+is seeded from ``(seed, epoch, index)`` (:class:`hpa_kit.dataset.SeededSampler`). An epoch
+therefore depends only on the weights and optimizer state it starts from, which ``last/``
+stores: ``resume=True`` continues after the last finished epoch and reproduces the
+uninterrupted run's metrics (bit-exact on the CPU; on CUDA up to non-deterministic kernels).
+
+Many GPUs: launch with ``torchrun --nproc_per_node N -m hpa_kit.cli train --config FILE``.
+With ``WORLD_SIZE > 1`` each process joins the group (NCCL on CUDA, gloo on the CPU), wraps
+the model in ``DistributedDataParallel``, reads its share of each epoch (the sampler pads
+the epoch to a multiple of N, as ``DistributedSampler`` does), validates a disjoint
+``rank::N`` slice whose predictions are gathered on every rank, and rank 0 alone writes.
+``batch_size`` is per process.
+
+Unreadable images: :func:`fit` first checks that every channel file of the fold exists and
+fails listing the missing ids; a file that exists but does not decode stops training with
+:class:`hpa_kit.dataset.SampleReadError` naming the id (no silent skipping).
+
+``pretrained`` defaults to ``False`` because this machine has no internet; on Kaggle (with
+internet on) or Colab set ``pretrained: true`` to start from ImageNet weights as the seed did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("hpa_kit.train needs torch: pip install torch") from exc
+
+from hpa_kit._train_config import MONITORS, RESUME_FREE_FIELDS, TrainConfig, parse_override
+from hpa_kit._train_dist import Dist, setup_distributed
+from hpa_kit._train_metrics import f1_scores
+from hpa_kit.dataset import HPADataset, SeededSampler, find_missing
+from hpa_kit.labels import NUM_CLASSES
+from hpa_kit.losses import FocalLoss, focal_loss, per_class
+from hpa_kit.model import ClassifierConfig, build_classifier, save_checkpoint
+
+__all__ = [
+    "MONITORS",
+    "TrainConfig",
+    "TrainResult",
+    "build_loss",
+    "cosine_lambda",
+    "f1_scores",
+    "fit",
+    "parse_override",
+    "split_fold",
+]
+
+LOG_FILE = "log.jsonl"
+STATE_FILE = "train_state.pt"
+CONFIG_RECORD = "train_config.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`fit` did: checkpoint folders, the best score and the per-epoch log."""
+
+    out_dir: Path
+    best_dir: Path
+    last_dir: Path
+    best_epoch: int | None
+    best_score: float | None
+    epochs_done: int
+    finished: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def cosine_lambda(total_steps: int, *, warmup_steps: int = 0, min_ratio: float = 0.0):
+    """Multiplier of the base lr after ``step`` optimizer steps: linear warm-up, then cosine.
+
+    >>> f = cosine_lambda(10, warmup_steps=2)
+    >>> [round(f(s), 3) for s in (0, 1, 2, 6, 10)]
+    [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+    total_steps = max(int(total_steps), 1)
+    warmup_steps = min(int(warmup_steps), total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(total_steps - warmup_steps, 1)
+        progress = min((step - warmup_steps) / span, 1.0)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_loss(config: TrainConfig) -> FocalLoss:
+    """The criterion of ``config``: ``bce`` = focal with alpha 0.5, gamma 0 (half torch BCE)."""
+    if config.loss == "bce":
+        return FocalLoss(alpha=0.5, gamma=0.0)
+    alpha = per_class(config.alpha, dict(config.class_alpha), num_classes=NUM_CLASSES)
+    gamma = per_class(config.gamma, dict(config.class_gamma), num_classes=NUM_CLASSES)
+    return FocalLoss(alpha=alpha, gamma=gamma)
+
+
+def _limit_rows(df, limit: int | float | None, seed: int):
+    if limit is None or len(df) == 0:
+        return df
+    count = int(limit) if isinstance(limit, int) else max(1, int(round(limit * len(df))))
+    if count >= len(df):
+        return df
+    return df.sample(n=count, random_state=seed).sort_index()
+
+
+def split_fold(config: TrainConfig):
+    """``(train_df, val_df)`` of ``config.fold``; folds from ``config.folds_column`` if the
+    CSV has it, else :func:`hpa_kit.folds.make_folds` (``n_folds``, ``seed``)."""
+    import pandas as pd
+
+    path = Path(config.train_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"train_csv {path} does not exist")
+    df = pd.read_csv(path, dtype={"ID": str})
+    for column in ("ID", "Label"):
+        if column not in df.columns:
+            raise ValueError(f"{path} lacks a {column!r} column (columns: {list(df.columns)})")
+    if config.folds_column in df.columns:
+        folds = df[config.folds_column]
+        if folds.isna().any():
+            raise ValueError(f"{path}: column {config.folds_column!r} has empty values")
+    else:
+        from hpa_kit.folds import make_folds
+
+        folds = make_folds(df, n_splits=config.n_folds, seed=config.seed)["fold"]
+    folds = folds.astype(int).to_numpy()
+    if folds.min() < 0 or folds.max() >= config.n_folds:
+        raise ValueError(f"{path}: fold values must be in 0..{config.n_folds - 1}")
+    train_df = df[folds != config.fold].reset_index(drop=True)
+    val_df = df[folds == config.fold].reset_index(drop=True)
+    if len(train_df) == 0 or len(val_df) == 0:
+        raise ValueError(
+            f"fold {config.fold} leaves {len(train_df)} training and {len(val_df)} validation rows"
+        )
+    train_df = _limit_rows(train_df, config.limit_train, config.seed).reset_index(drop=True)
+    val_df = _limit_rows(val_df, config.limit_val, config.seed).reset_index(drop=True)
+    return train_df, val_df
+
+
+def _derived_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _better(value: float | None, best: float | None, mode: str) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best if mode == "min" else value > best
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class _Run:
+    """State of one training process (model, optimizer, loaders); used only by :func:`fit`."""
+
+    def __init__(self, config: TrainConfig, dist_info: Dist) -> None:
+        self.config = config
+        self.dist = dist_info
+        self.device = dist_info.device
+        self.out_dir = Path(config.out_dir)
+        self.use_amp = bool(config.amp) and self.device.type == "cuda"
+
+        self.train_df, self.val_df = split_fold(config)
+        self.classifier_config = ClassifierConfig(
+            arch=config.arch,
+            channels=config.channels,
+            input_size=config.input_size,
+            mean=config.mean,
+            std=config.std,
+            fold=config.fold,
+        )
+        self._check_files()
+        options = {"cache_dir": config.cache_dir, "write_cache": config.write_cache}
+        self.train_set = HPADataset.for_config(
+            self.train_df,
+            config.images_dir,
+            self.classifier_config,
+            train=True,
+            read_size=config.read_size,
+            **options,
+        )
+        shard = self.val_df.iloc[dist_info.rank :: dist_info.world_size]
+        self.val_set = HPADataset.for_config(
+            shard,
+            config.images_dir,
+            self.classifier_config,
+            train=False,
+            read_size=config.read_size,
+            **options,
+        )
+        self.sampler = SeededSampler(
+            len(self.train_set),
+            seed=config.seed,
+            shuffle=True,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+        )
+        self.batches_per_epoch = math.ceil(len(self.sampler) / config.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.accumulation)
+
+        _seed_all(config.seed)
+        model = build_classifier(
+            config.arch,
+            self.classifier_config.in_chans,
+            self.classifier_config.num_classes,
+            pretrained=config.pretrained,
+        ).to(self.device)
+        self.model = model
+        self.net = model
+        if dist_info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(model, device_ids=ids)
+        self.criterion = build_loss(config).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            cosine_lambda(
+                self.steps_per_epoch * config.epochs,
+                warmup_steps=config.warmup_steps,
+                min_ratio=config.min_lr / config.lr,
+            ),
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.start_epoch = 0
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # -- setup helpers
+    def _check_files(self) -> None:
+        ids = list(self.train_df["ID"]) + list(self.val_df["ID"])
+        missing = find_missing(
+            ids,
+            self.config.images_dir,
+            channels=self.config.channels,
+            cache_dir=self.config.cache_dir,
+        )
+        if missing:
+            shown = "; ".join(f"{k}: {v}" for k, v in list(missing.items())[:10])
+            more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(ids)} images of fold {self.config.fold} are missing "
+                f"channel files: {shown}{more}"
+            )
+
+    def _loader(self, dataset, *, sampler=None, batch_size: int, epoch: int, train: bool):
+        generator = torch.Generator()
+        generator.manual_seed(_derived_seed(self.config.seed, epoch, self.dist.rank, 1 + train))
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=False,
+            worker_init_fn=_worker_init,
+            generator=generator,
+        )
+
+    def _progress(self, iterable, *, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        disable = not (self.config.progress and self.dist.is_main)
+        return tqdm(
+            iterable, total=total, desc=desc, leave=False, disable=disable, dynamic_ncols=True
+        )
+
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    # -- resume
+    def _compatible(self, saved: dict[str, Any]) -> None:
+        current = self.config.to_dict()
+        diffs = [
+            f"{k}: {saved.get(k)!r} -> {current[k]!r}"
+            for k in current
+            if k not in RESUME_FREE_FIELDS and saved.get(k) != current[k]
+        ]
+        if diffs:
+            raise ValueError(
+                f"cannot resume {self.out_dir}: the config differs from the interrupted run's "
+                f"({'; '.join(diffs)})"
+            )
+
+    def restore(self) -> bool:
+        last = self.out_dir / "last"
+        state_path = last / STATE_FILE
+        if not state_path.is_file():
+            return False
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        self._compatible(state["train_config"])
+        weights = torch.load(last / "model.pt", map_location="cpu", weights_only=True)
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_score = state["best_score"]
+        self.best_epoch = state["best_epoch"]
+        _set_rng_state(state["rng"])
+        self.history = [
+            row for row in _read_log(self.out_dir / LOG_FILE) if row["epoch"] < self.start_epoch
+        ]
+        return True
+
+    # -- one epoch
+    def train_epoch(self, epoch: int) -> float:
+        config = self.config
+        _seed_all(_derived_seed(config.seed, epoch, self.dist.rank))
+        self.sampler.set_epoch(epoch)
+        loader = self._loader(
+            self.train_set,
+            sampler=self.sampler,
+            batch_size=config.batch_size,
+            epoch=epoch,
+            train=True,
+        )
+        self.net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total, count = 0.0, 0
+        n_batches = len(loader)
+        bar = self._progress(loader, total=n_batches, desc=f"epoch {epoch} train")
+        for i, (images, targets) in enumerate(bar):
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            group_start = (i // config.accumulation) * config.accumulation
+            group_size = min(config.accumulation, n_batches - group_start)
+            is_step = i == group_start + group_size - 1
+            sync = contextlib.nullcontext()
+            if self.dist.enabled and not is_step:
+                sync = self.net.no_sync()
+            with sync:
+                with self._autocast():
+                    logits = self.net(images)
+                loss = self.criterion(logits.float(), targets)
+                self.scaler.scale(loss / group_size).backward()
+            if is_step:
+                if config.clip_grad_norm is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+            value = float(loss.detach())
+            total += value * len(images)
+            count += len(images)
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        total, count = self.dist.sum([total, float(count)])
+        return total / max(count, 1.0)
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict[str, Any]:
+        config = self.config
+        loader = self._loader(
+            self.val_set,
+            batch_size=config.val_batch_size or config.batch_size,
+            epoch=epoch,
+            train=False,
+        )
+        self.net.eval()
+        self.dist.broadcast_buffers(self.model)  # BatchNorm statistics of rank 0 everywhere
+        logits_parts = []
+        for images, _ in self._progress(loader, total=len(loader), desc=f"epoch {epoch} val"):
+            with self._autocast():
+                logits = self.model(images.to(self.device, non_blocking=True))
+            logits_parts.append(logits.float().cpu())
+        local = torch.cat(logits_parts) if logits_parts else torch.zeros(0, NUM_CLASSES)
+        shards = self.dist.gather(local)
+        # rank r validated rows r, r + W, r + 2W, ...: interleave back to table order
+        logits = torch.zeros(len(self.val_df), NUM_CLASSES)
+        for rank, shard in enumerate(shards):
+            logits[rank :: self.dist.world_size] = shard
+        targets = torch.from_numpy(np.stack(_targets_of(self.val_df)))
+        alpha, gamma = self.criterion.alpha.cpu(), self.criterion.gamma.cpu()
+        val_loss = float(focal_loss(logits, targets, alpha=alpha, gamma=gamma))
+        scores = f1_scores(
+            torch.sigmoid(logits).numpy(), targets.numpy(), threshold=config.threshold
+        )
+        return {"val_loss": val_loss, **scores}
+
+    # -- outputs (rank 0)
+    def save(self, epoch: int, row: dict[str, Any], *, improved: bool) -> None:
+        metrics = {
+            k: row[k]
+            for k in ("epoch", "train_loss", "val_loss", "macro_f1", "micro_f1", "per_class_f1")
+        }
+        metrics["monitor"] = self.config.monitor
+        cfg = self.classifier_config.replace(fold=self.config.fold, metrics=metrics)
+        last = self.out_dir / "last"
+        save_checkpoint(last, self.model, cfg)
+        state = {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "rng": _rng_state(),
+            "train_config": self.config.to_dict(),
+        }
+        tmp = last / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(last / STATE_FILE)
+        if improved:
+            save_checkpoint(self.out_dir / "best", self.model, cfg)
+
+
+def _targets_of(df) -> list[np.ndarray]:
+    from hpa_kit.labels import parse_labels
+
+    return [parse_labels(text) for text in df["Label"].tolist()]
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    tmp.replace(path)
+
+
+def fit(config: TrainConfig) -> TrainResult:
+    """Train ``config.fold`` for ``config.epochs`` epochs; see the module docstring.
+
+    With ``config.resume`` and ``out_dir/last/train_state.pt`` present, continues after the
+    last finished epoch (the config must match the saved one except for
+    ``resume``, ``stop_after_epochs``, ``workers``, ``progress``, ``images_dir``, ``cache_dir``
+    and ``device``); without it a fresh run refuses an ``out_dir`` that already holds one.
+    ``stop_after_epochs=k`` ends this call after k epochs as if interrupted (the schedule
+    still spans ``epochs``), so a later ``resume=True`` call continues it.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"fit needs a TrainConfig, got {type(config).__name__}")
+    dist_info = setup_distributed(config.device)
+    try:
+        return _fit(config, dist_info)
+    finally:
+        dist_info.close()
+
+
+def _fit(config: TrainConfig, dist_info: Dist) -> TrainResult:
+    out_dir = Path(config.out_dir)
+    if not config.resume and (out_dir / "last").exists():
+        raise FileExistsError(
+            f"{out_dir} already holds a run (last/); set resume: true to continue it or "
+            "choose another out_dir"
+        )
+    run = _Run(config, dist_info)
+    resumed = config.resume and run.restore()
+    if config.resume and not resumed and dist_info.is_main:
+        print(f"hpa-kit train: nothing to resume in {out_dir}; starting from epoch 0")
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / CONFIG_RECORD).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        _write_log(out_dir / LOG_FILE, run.history)
+    dist_info.barrier()
+
+    epochs_this_call = 0
+    started = time.perf_counter()
+    for epoch in range(run.start_epoch, config.epochs):
+        if config.stop_after_epochs is not None and epochs_this_call >= config.stop_after_epochs:
+            break
+        lr = run.scheduler.get_last_lr()[0]
+        train_loss = run.train_epoch(epoch)
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": train_loss}
+        row.update(run.validate(epoch))
+        score = row.get(config.monitor)
+        improved = _better(score, run.best_score, config.mode)
+        if improved:
+            run.best_score, run.best_epoch = float(score), epoch
+        row["best"] = improved
+        row["elapsed_s"] = round(time.perf_counter() - started, 3)
+        run.history.append(row)
+        if dist_info.is_main:
+            run.save(epoch, row, improved=improved)
+            _write_log(out_dir / LOG_FILE, run.history)
+            summary = ", ".join(
+                f"{k} {row[k]:.4f}"
+                for k in ("train_loss", "val_loss", "macro_f1", "micro_f1")
+                if isinstance(row.get(k), float)
+            )
+            print(f"epoch {epoch}: {summary}" + (" (best)" if improved else ""), flush=True)
+        dist_info.barrier()
+        epochs_this_call += 1
+    epochs_done = run.start_epoch + epochs_this_call
+    return TrainResult(
+        out_dir=out_dir,
+        best_dir=out_dir / "best",
+        last_dir=out_dir / "last",
+        best_epoch=run.best_epoch,
+        best_score=run.best_score,
+        epochs_done=epochs_done,
+        finished=epochs_done >= config.epochs,
+        history=list(run.history),
+    )
