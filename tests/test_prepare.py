@@ -181,3 +181,39 @@ def test_prepare_real_samples_two_workers(samples_dir, sample_ids, tmp_path):
             np.testing.assert_array_equal(
                 read_channel(tmp_path / f"{image_id}_{color}.png"), expected
             )
+
+
+# ---- hpa_kit.batch.BatchReport (the record prepare and download-public return) ----
+
+
+def test_batch_report_summary_and_csv(tmp_path):
+    from hpa_kit.batch import BatchReport
+
+    report = BatchReport()
+    report.add_done("a")
+    report.add_skipped("b", "already done")
+    report.add_skipped("c", "already done")
+    report.add_failure("z", "HTTP 404: http://x/z")
+    report.add_failure("y", "bad")
+    assert (report.ok, report.total, report.exit_code) == (False, 5, 1)
+    assert report.summary(max_failures=1).splitlines() == [
+        "1 done, 2 skipped (already done: 2), 2 failed",
+        "failed:",
+        "  y: bad",
+        "  ... and 1 more",
+    ]
+    path = report.write_failures(tmp_path / "f" / "failures.csv")
+    assert path.read_text().splitlines() == ["ID,cause", "y,bad", "z,HTTP 404: http://x/z"]
+    assert report.to_dict()["skipped"] == {"b": "already done", "c": "already done"}
+    empty = BatchReport()
+    assert (empty.ok, empty.exit_code, empty.summary()) == (True, 0, "0 done, 0 skipped, 0 failed")
+
+
+def test_batch_report_rejects_an_id_twice():
+    from hpa_kit.batch import BatchReport
+
+    report = BatchReport(done=["a"])
+    with pytest.raises(ValueError, match="'a' recorded twice"):
+        report.add_failure("a", "late failure")
+    with pytest.raises(ValueError, match="more than one group"):
+        BatchReport(done=["a"], failed={"a": "x"})
