@@ -332,6 +332,7 @@ def test_encode_label_image_rejects_bad_input(labels, message):
         (base64.b64encode(b"plain bytes").decode(), "zlib"),
         (_text(b"\x7f"), "bad character"),
         (_text(b"X"), "truncated"),
+        (_text(b"o" * 11 + b"0"), "longer than 11 characters"),
         (_text(b"2" + b"0" + b"1"), "empty run"),
         ("é", "ASCII"),
     ],
@@ -339,6 +340,14 @@ def test_encode_label_image_rejects_bad_input(labels, message):
 def test_decode_rejects_bad_text(text, message):
     with pytest.raises(RLEError, match=message):
         decode_binary_mask(text, 1, 3)
+
+
+def test_mask_counts_returns_a_fresh_array():
+    text = EMPTY_STRINGS[1728]
+    first = mask_counts(text, 1728, 1728)
+    first[0] = 5
+    assert mask_counts(text, 1728, 1728).tolist() == [1728 * 1728]
+    assert not decode_binary_mask(text, 1728, 1728).any()
 
 
 def test_decode_rejects_wrong_size():
