@@ -119,7 +119,8 @@ class SynthConfig:
     - ``elongation``: (min, max) ratio of a cell's long to short axis.
     - ``nucleus_fraction``: (min, max) nucleus radius over cell radius.
     - ``classes``: classes drawn from (non-negative, from :data:`PATTERN_CLASSES`).
-    - ``classes_per_image``: probabilities of 1, 2, 3, ... distinct classes in an image.
+    - ``classes_per_image``: probabilities of 1, 2, 3, ... distinct classes in an image
+      (capped at the number of ``classes`` and of cells).
     - ``double_class_fraction``: fraction of cells carrying two of the image's classes.
     - ``negative_fraction``: fraction of images whose cells are all negative (18).
     - ``noise``: standard deviation of the additive noise, in grey levels.
@@ -156,11 +157,6 @@ class SynthConfig:
             raise ValueError(
                 f"SynthConfig.classes_per_image must be probabilities summing to 1, got "
                 f"{self.classes_per_image}"
-            )
-        if probs.size > len(self.classes):
-            raise ValueError(
-                f"SynthConfig.classes_per_image allows {probs.size} classes per image but only "
-                f"{len(self.classes)} classes are configured"
             )
         for name in ("double_class_fraction", "negative_fraction"):
             value = getattr(self, name)
@@ -459,7 +455,7 @@ def _assign_classes(
         return {cell: (NEGATIVE,) for cell in range(1, n_cells + 1)}
     probs = np.asarray(config.classes_per_image, dtype=np.float64)
     k = int(rng.choice(np.arange(1, probs.size + 1), p=probs / probs.sum()))
-    k = min(k, n_cells)
+    k = min(k, len(config.classes), n_cells)
     chosen = [int(c) for c in rng.choice(np.asarray(config.classes), size=k, replace=False)]
     first = np.asarray(chosen + [int(c) for c in rng.choice(chosen, size=n_cells - k)])
     first = first[rng.permutation(n_cells)]
@@ -806,6 +802,8 @@ def write_dataset(
         image_id = f"{id_prefix}_{k:05d}"
         try:
             synth = generate_image(size=(height, width), seed=(int(seed), k), config=config)
+            if synth.num_cells == 0:
+                raise ValueError("no cells were generated (cells too small for the image?)")
             write_channels(images_dir, image_id, synth.image)
             write_label_image(masks_dir / f"{image_id}_cells.png", synth.cell_labels)
             write_label_image(masks_dir / f"{image_id}_nuclei.png", synth.nuclei_labels)
