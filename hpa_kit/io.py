@@ -47,6 +47,7 @@ All errors are :class:`ImageError` (a ``ValueError``) subclasses and name the fi
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -145,7 +146,10 @@ def _to_grey(data: np.ndarray, path: Path) -> np.ndarray:
         same = (colour[:, :, 0] == colour[:, :, 1]).all() and (
             colour[:, :, 0] == colour[:, :, 2]
         ).all()
-        opaque = data.shape[2] == 3 or (data[:, :, 3] == np.iinfo(data.dtype).max).all()
+        opaque = data.shape[2] == 3 or (
+            np.issubdtype(data.dtype, np.integer)
+            and (data[:, :, 3] == np.iinfo(data.dtype).max).all()
+        )
         if not (same and opaque):
             raise ImageShapeError(
                 f"expected a greyscale image, got {data.shape[2]} planes that differ "
@@ -264,9 +268,18 @@ def read_image(
 
 def _atomic_imwrite(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    # A unique temporary name in the same folder (same file system, so the rename is atomic);
+    # it keeps the suffix because OpenCV picks the format from it.
+    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
+    cv2 = _cv2()
     try:
-        if not _cv2().imwrite(str(temp), array):
+        try:
+            written = cv2.imwrite(str(temp), array)
+        except cv2.error as error:
+            raise ImageError(
+                f"OpenCV could not write {path} (shape {array.shape}, {array.dtype}): {error}"
+            ) from error
+        if not written:
             raise ImageError(f"OpenCV could not write {path} (shape {array.shape}, {array.dtype})")
         os.replace(temp, path)
     finally:

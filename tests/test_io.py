@@ -278,6 +278,12 @@ def test_write_channels_rejects_wrong_shape_or_dtype(tmp_path, image):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_write_failure_raises_image_error_and_leaves_nothing(tmp_path):
+    with pytest.raises(ImageError, match="could not write"):
+        write_channels(tmp_path, "w", np.zeros((2, 2, 1), np.uint8), channels=("red",), ext=".xyz")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_list_image_ids(tmp_path):
     for image_id in ("b", "a", "c_1"):
         _write(channel_path(tmp_path, image_id, "red"), np.zeros((2, 2), np.uint8))
