@@ -163,8 +163,10 @@ def _parse_coco_counts(data: bytes) -> np.ndarray:
     # Undo the differences: counts[i] = values[i] + counts[i - 2] for i >= 3.
     values[3::2] = np.cumsum(values[1::2])[1:]
     values[4::2] = np.cumsum(values[2::2])[1:]
-    if values.min() < 0 or (values[1:] == 0).any():
-        raise RLEError(f"counts string {data[:40]!r} holds a negative or empty run")
+    # Zero-length runs never come out of pycocotools' encoder, but they decode unambiguously
+    # (pycocotools accepts them too), so only negative runs are errors.
+    if values.min() < 0:
+        raise RLEError(f"counts string {data[:40]!r} holds a negative run")
     return values
 
 

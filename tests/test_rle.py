@@ -333,13 +333,22 @@ def test_encode_label_image_rejects_bad_input(labels, message):
         (_text(b"\x7f"), "bad character"),
         (_text(b"X"), "truncated"),
         (_text(b"o" * 11 + b"0"), "longer than 11 characters"),
-        (_text(b"2" + b"0" + b"1"), "empty run"),
+        (_text(b"2" + b"O"), "negative run"),
         ("é", "ASCII"),
     ],
 )
 def test_decode_rejects_bad_text(text, message):
     with pytest.raises(RLEError, match=message):
         decode_binary_mask(text, 1, 3)
+
+
+def test_zero_length_runs_decode():
+    # Not produced by the encoder, but well defined: 2 zeros, 0 ones, 1 zero, then 1 one.
+    text = _text(b"2011")
+    assert mask_counts(text, 1, 4).tolist() == [2, 0, 1, 1]
+    assert decode_binary_mask(text, 1, 4).tolist() == [[False, False, False, True]]
+    reference = coco_mask.decode(to_coco_rle(text, 1, 4)).astype(bool)
+    assert reference.tolist() == [[False, False, False, True]]
 
 
 def test_mask_counts_returns_a_fresh_array():
