@@ -411,6 +411,7 @@ class _Run:
                     logits = self.net(images)
                 loss = self.criterion(logits.float(), targets)
                 self.scaler.scale(loss / group_size).backward()
+            lr_used = self.optimizer.param_groups[0]["lr"]
             if is_step:
                 if config.clip_grad_norm is not None:
                     self.scaler.unscale_(self.optimizer)
@@ -422,7 +423,7 @@ class _Run:
             value = float(loss.detach())
             total += value * len(images)
             count += len(images)
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr_used:.2e}")
         total, count = self.dist.sum([total, float(count)])
         return total / max(count, 1.0)
 
