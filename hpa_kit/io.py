@@ -152,8 +152,9 @@ def _to_grey(data: np.ndarray, path: Path) -> np.ndarray:
         )
         if not (same and opaque):
             raise ImageShapeError(
-                f"expected a greyscale image, got {data.shape[2]} planes that differ "
-                f"(shape {data.shape}, dtype {data.dtype}): {path}"
+                f"expected a greyscale image, got {data.shape[2]} planes that differ"
+                + ("" if opaque else " or are not fully opaque")
+                + f" (shape {data.shape}, dtype {data.dtype}): {path}"
             )
         data = data[:, :, 0]
     if data.ndim != 2:
