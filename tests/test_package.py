@@ -1,0 +1,90 @@
+"""Package-level promises: a cheap import, a working CLI entry point, labels."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hpa_kit import labels
+from hpa_kit.cli import COMMANDS, build_parser, main
+
+HEAVY = ("torch", "timm", "pycocotools", "albumentations", "hpacellseg", "kaggle")
+
+
+def _imported_after(code: str) -> set[str]:
+    probe = (
+        f"{code}\nimport sys\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return set(filter(None, out.split(",")))
+
+
+def test_import_hpa_kit_does_not_import_heavy_dependencies():
+    assert _imported_after("import hpa_kit") == set()
+
+
+def test_cli_help_does_not_import_heavy_dependencies():
+    code = "from hpa_kit.cli import build_parser\nbuild_parser().format_help()"
+    assert _imported_after(code) == set()
+
+
+def test_every_command_module_is_registered():
+    help_text = build_parser().format_help()
+    for name in COMMANDS:
+        assert name.replace("_", "-") in help_text, name
+
+
+def test_console_script_help_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "hpa_kit", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "usage: hpa-kit" in result.stdout
+
+
+def test_main_without_command_prints_help_and_returns_2(capsys):
+    assert main([]) == 2
+    assert "usage: hpa-kit" in capsys.readouterr().out
+
+
+def test_class_names_are_the_competitions():
+    assert labels.NUM_CLASSES == 19
+    assert labels.CLASS_NAMES[0] == "Nucleoplasm"
+    assert labels.CLASS_NAMES[11] == "Mitotic spindle"
+    assert labels.CLASS_NAMES[labels.NEGATIVE] == "Negative"
+
+
+def test_parse_and_format_labels_round_trip():
+    vector = labels.parse_labels("8|5|0")
+    assert vector.dtype == np.float32 and vector.shape == (19,)
+    assert np.flatnonzero(vector).tolist() == [0, 5, 8]
+    assert labels.format_labels(vector) == "0|5|8"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("19", "out of range"),
+        ("1|x", "bad class"),
+        ("-1", "bad class"),
+        ("3|3", "repeated"),
+        ("1||2", "bad class"),
+    ],
+)
+def test_bad_label_strings_raise_clear_errors(text, message):
+    with pytest.raises(labels.LabelError, match=message):
+        labels.parse_labels(text)
+
+
+def test_format_labels_rejects_wrong_length_and_empty_vector():
+    with pytest.raises(labels.LabelError, match="shape"):
+        labels.format_labels([1.0, 0.0])
+    with pytest.raises(labels.LabelError, match="threshold"):
+        labels.format_labels(np.zeros(19))
