@@ -36,3 +36,82 @@ format: install
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
+
+# ---------------------------------------------------------------------------------------
+# Kaggle delivery (README "Kaggle"). Owner and slugs come from variables: KAGGLE_USERNAME
+# from the environment or the command line (`make push-kernel KAGGLE_USERNAME=you`).
+# Credentials (KAGGLE_KEY, KAGGLE_API_TOKEN or kaggle.json) are read by the kaggle client
+# alone; no recipe line names them and hpa_kit.delivery never prints them.
+KAGGLE_USERNAME ?=
+KERNEL_SLUG ?= hpa-inference
+KERNEL_TITLE ?= $(KERNEL_SLUG)
+KERNEL_NOTEBOOK ?= notebooks/hpa-inference.py
+KERNEL_TEMPLATE ?= kernel_metadata/inference.kernel-metadata.json
+KERNEL_DIR ?= build/kernel/$(KERNEL_SLUG)
+WHEELS_SLUG ?= hpa-kit-wheels
+WHEELS_TITLE ?= hpa_kit wheels
+WHEELS_DATASET ?= $(KAGGLE_USERNAME)/$(WHEELS_SLUG)
+WHEELS_TEMPLATE ?= kernel_metadata/wheels.dataset-metadata.json
+SEG_WEIGHTS_DATASET ?= $(KAGGLE_USERNAME)/hpa-cellseg-weights
+CHECKPOINTS_DATASET ?= $(KAGGLE_USERNAME)/hpa-kit-checkpoints
+WHEELS_DIR ?= build/wheels
+DATASET_DIR ?= build/dataset/$(WHEELS_SLUG)
+# Kaggle's notebook image (REFERENCE.md section 1): its Python and platform tags.
+KAGGLE_PYTHON ?= 3.12
+KAGGLE_PLATFORMS ?= manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_28_x86_64
+# Run-time dependencies the Kaggle image lacks or may lack (pip skips those it has).
+KAGGLE_EXTRA_WHEELS ?= iterative-stratification==0.1.9 pycocotools==2.0.11 PyYAML==6.0.4
+# More pip specs to build with `pip wheel --no-deps`, e.g. hpacellseg and pytorch_zoo from git.
+WHEEL_SOURCES ?=
+# Extra options for the downloads of `make wheels` (e.g. --no-index --find-links DIR).
+WHEELS_PIP_ARGS ?=
+# push-dataset: auto (version if the dataset exists, else create), create or version.
+PUSH_MODE ?= auto
+DATASET_NOTES ?= hpa_kit $(shell git describe --always --dirty 2>/dev/null)
+DELIVERY := $(PY) -m hpa_kit.delivery
+
+define _need_kaggle_username
+	@if [ -z "$(KAGGLE_USERNAME)" ]; then \
+	  echo "error: KAGGLE_USERNAME is not set (export it or run: make $@ KAGGLE_USERNAME=you)" >&2; \
+	  exit 2; fi
+endef
+
+.PHONY: wheel wheels kernel push-kernel push-dataset
+
+# The hpa_kit wheel alone, into $(WHEELS_DIR) (older hpa_kit wheels there are removed).
+wheel:
+	@mkdir -p $(WHEELS_DIR)
+	rm -f $(WHEELS_DIR)/hpa_kit-*.whl
+	rm -rf build/lib build/bdist.*
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(WHEELS_DIR) .
+
+# A fresh $(WHEELS_DIR): hpa_kit plus $(KAGGLE_EXTRA_WHEELS) for Kaggle's Python and the local one.
+wheels:
+	rm -rf $(WHEELS_DIR)
+	$(MAKE) --no-print-directory wheel WHEELS_DIR=$(WHEELS_DIR)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: $(WHEELS_PIP_ARGS) \
+	  --python-version $(KAGGLE_PYTHON) --implementation cp \
+	  $(addprefix --platform ,$(KAGGLE_PLATFORMS)) -d $(WHEELS_DIR) $(KAGGLE_EXTRA_WHEELS)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: $(WHEELS_PIP_ARGS) \
+	  -d $(WHEELS_DIR) $(KAGGLE_EXTRA_WHEELS)
+	$(if $(strip $(WHEEL_SOURCES)),$(PY) -m pip wheel --quiet --no-deps -w $(WHEELS_DIR) $(WHEEL_SOURCES))
+	@ls -1 $(WHEELS_DIR)
+
+# build/kernel/<slug>/: the inference notebook as .ipynb + kernel-metadata.json.
+kernel:
+	$(_need_kaggle_username)
+	$(DELIVERY) render-kernel $(KERNEL_NOTEBOOK) --template $(KERNEL_TEMPLATE) --out $(KERNEL_DIR) \
+	  --set 'OWNER=$(KAGGLE_USERNAME)' --set 'KERNEL_SLUG=$(KERNEL_SLUG)' \
+	  --set 'KERNEL_TITLE=$(KERNEL_TITLE)' --set 'WHEELS_DATASET=$(WHEELS_DATASET)' \
+	  --set 'SEG_WEIGHTS_DATASET=$(SEG_WEIGHTS_DATASET)' \
+	  --set 'CHECKPOINTS_DATASET=$(CHECKPOINTS_DATASET)'
+
+push-kernel: kernel
+	$(DELIVERY) push-kernel $(KERNEL_DIR)
+
+# Stages the wheels of $(WHEELS_DIR) (run `make wheels` first) and creates or versions the dataset.
+push-dataset:
+	$(_need_kaggle_username)
+	$(DELIVERY) stage-dataset $(WHEELS_DIR) --template $(WHEELS_TEMPLATE) --out $(DATASET_DIR) \
+	  --set 'WHEELS_DATASET=$(WHEELS_DATASET)' --set 'WHEELS_TITLE=$(WHEELS_TITLE)'
+	$(DELIVERY) push-dataset $(DATASET_DIR) --mode $(PUSH_MODE) --notes '$(DATASET_NOTES)'

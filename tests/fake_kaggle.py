@@ -1,0 +1,250 @@
+"""A loopback stand-in for the Kaggle API, for driving the real kaggle client in tests.
+
+The client (kaggle 2.2.5 / kagglesdk) is pointed at it without root and without touching
+``/etc/hosts``: ``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes it call
+``http://localhost/api/v1/{service}/{Method}``, and ``HTTP_PROXY=http://127.0.0.1:PORT``
+sends those requests here in absolute form (``POST http://localhost/api/v1/... HTTP/1.1``);
+the path is taken from that URL. :func:`client_env` builds such an environment.
+
+What it answers (camelCase JSON, as kagglesdk reads it):
+
+- ``kernels.KernelsApiService/SaveKernel`` -> ``{ref, url, versionNumber}``, or
+  ``{error}`` when ``kernel_error`` is set (HTTP 200: the kaggle CLI exits 0 on it);
+- ``datasets.DatasetApiService/GetDatasetStatus`` -> 404 for an unknown dataset, else
+  ``{status: "READY"}``;
+- ``blobs.BlobApiService/StartBlobUpload`` -> ``{token, createUrl}``; a ``PUT`` of the raw
+  bytes to ``createUrl`` is stored under the token (200); a ``PUT`` probing an unknown
+  upload (``Content-Range: bytes */N``) gets 404, so the client restarts it;
+- ``CreateDataset`` / ``CreateDatasetVersion`` -> ``{status: "ok", url, ref}``, or
+  ``{status: "error", error}`` when ``dataset_error`` is set.
+
+Every request is recorded in :attr:`FakeKaggle.calls` (method, path, parsed JSON body, the
+basic-auth user name); uploaded bytes are in :attr:`FakeKaggle.blobs`;
+:meth:`FakeKaggle.uploaded_files` maps the file names of the last create/version call to
+their bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["Call", "FakeKaggle", "client_env"]
+
+_API = "/api/v1/"
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    body: Any
+    auth_user: str | None
+    auth_secret_ok: bool
+
+
+@dataclass
+class FakeKaggle:
+    """The server state; start with :meth:`start`, stop with :meth:`stop` (or ``with``)."""
+
+    username: str = "tester"
+    key: str = "fake-key-0123456789abcdef"
+    kernel_error: str | None = None
+    dataset_error: str | None = None
+    existing_datasets: set[str] = field(default_factory=set)
+    calls: list[Call] = field(default_factory=list)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    blob_names: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tokens = itertools.count(1)
+        self._server: ThreadingHTTPServer | None = None
+
+    # ---- lifecycle
+    def start(self) -> FakeKaggle:
+        fake = self
+
+        class Handler(_Handler):
+            server_state = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeKaggle:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- queries
+    def calls_to(self, method_name: str) -> list[Call]:
+        return [c for c in self.calls if c.path.endswith("/" + method_name)]
+
+    def uploaded_files(self) -> dict[str, bytes]:
+        """File name -> bytes for the tokens named by the last CreateDataset(Version) call."""
+        creates = self.calls_to("CreateDataset") + self.calls_to("CreateDatasetVersion")
+        if not creates:
+            return {}
+        body = creates[-1].body
+        files = body.get("files") or body.get("body", {}).get("files", [])
+        return {self.blob_names[f["token"]]: self.blobs[f["token"]] for f in files}
+
+    # ---- request handling (called from the handler thread)
+    def _record(self, call: Call) -> None:
+        with self._lock:
+            self.calls.append(call)
+
+    def _api(self, method: str, body: Any) -> tuple[int, dict[str, Any]]:
+        if method == "SaveKernel":
+            if self.kernel_error:
+                return 200, {"error": self.kernel_error}
+            slug = body.get("slug", "")
+            return 200, {
+                "ref": f"/code/{slug}",
+                "url": f"http://localhost/code/{slug}",
+                "versionNumber": 1,
+            }
+        if method == "GetDatasetStatus":
+            ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+            if ref in self.existing_datasets:
+                return 200, {"status": "READY"}
+            return 404, {"code": 404, "message": f"Dataset {ref} not found"}
+        if method == "StartBlobUpload":
+            token = f"blob{next(self._tokens)}"
+            with self._lock:
+                self.blob_names[token] = body.get("name", "")
+            return 200, {"token": token, "createUrl": f"http://localhost/upload/{token}"}
+        if method in ("CreateDataset", "CreateDatasetVersion"):
+            if method == "CreateDataset":
+                ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
+            else:
+                ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+            if self.dataset_error:
+                return 200, {"status": "error", "error": self.dataset_error}
+            with self._lock:
+                self.existing_datasets.add(ref)
+            return 200, {"status": "ok", "ref": ref, "url": f"http://localhost/datasets/{ref}"}
+        return 404, {"code": 404, "message": f"fake Kaggle has no method {method}"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_state: FakeKaggle
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet server
+        pass
+
+    def _path(self) -> str:
+        return urlsplit(self.path).path  # absolute form through the proxy, or origin form
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _auth(self) -> tuple[str | None, bool]:
+        header = self.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return None, False
+        user, _, secret = base64.b64decode(header[6:]).decode().partition(":")
+        return user, secret == self.server_state.key
+
+    def _reply(self, status: int, payload: dict[str, Any] | None = None) -> None:
+        data = json.dumps(payload).encode() if payload is not None else b""
+        self.send_response(status)
+        if payload is not None:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server API
+        state = self.server_state
+        path = self._path()
+        raw = self._read_body()
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = {"_raw": raw.decode(errors="replace")}
+        user, ok = self._auth()
+        state._record(Call("POST", path, body, user, ok))
+        if not path.startswith(_API) or "/" not in path[len(_API) :]:
+            self._reply(404, {"code": 404, "message": f"no such path {path}"})
+            return
+        if not ok or user != state.username:
+            self._reply(401, {"code": 401, "message": "bad credentials"})
+            return
+        status, payload = state._api(path.rsplit("/", 1)[1], body)
+        self._reply(status, payload)
+
+    def do_PUT(self) -> None:  # noqa: N802 - http.server API
+        state = self.server_state
+        path = self._path()
+        data = self._read_body()
+        state._record(Call("PUT", path, {"bytes": len(data)}, None, False))
+        token = path.rsplit("/", 1)[-1]
+        if not path.startswith("/upload/") or token not in state.blob_names:
+            self._reply(404, {"code": 404, "message": "unknown upload"})
+            return
+        if self.headers.get("Content-Range", "").startswith("bytes */"):
+            self._reply(404, {"code": 404, "message": "no upload in progress"})
+            return
+        with state._lock:
+            state.blobs[token] = data
+        self._reply(200, {})
+
+
+def client_env(fake: FakeKaggle, home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment that sends the kaggle client to ``fake`` with a private home/temp dir.
+
+    Proxy variables of ``base`` (default ``os.environ``) are dropped, ``NO_PROXY`` is
+    emptied so that ``localhost`` goes through the proxy, and ``VERBOSE`` is removed.
+    """
+    env = {
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+        and not k.startswith("KAGGLE_")
+        and k not in ("VERBOSE", "VERBOSE_OUTPUT")
+    }
+    for sub in ("home", "config", "tmp"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    proxy = f"http://127.0.0.1:{fake.port}"
+    env.update(
+        HOME=str(home / "home"),
+        KAGGLE_CONFIG_DIR=str(home / "config"),
+        TMPDIR=str(home / "tmp"),
+        KAGGLE_API_ENVIRONMENT="LOCALHOST",
+        KAGGLE_USERNAME=fake.username,
+        KAGGLE_KEY=fake.key,
+        HTTP_PROXY=proxy,
+        http_proxy=proxy,
+        NO_PROXY="",
+        no_proxy="",
+    )
+    return env

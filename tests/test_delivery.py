@@ -1,0 +1,400 @@
+"""Kaggle delivery: metadata rendering, the Makefile push targets against a loopback fake
+Kaggle (the real kaggle client on the wire), and an offline install from `make wheels`."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import jupytext
+import pytest
+from fake_kaggle import FakeKaggle, client_env
+
+from hpa_kit.delivery import (
+    DeliveryError,
+    push_dataset,
+    render_kernel,
+    render_template,
+    stage_dataset,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL_TEMPLATE = ROOT / "kernel_metadata" / "inference.kernel-metadata.json"
+WHEELS_TEMPLATE = ROOT / "kernel_metadata" / "wheels.dataset-metadata.json"
+NOTEBOOK = ROOT / "notebooks" / "hpa-inference.py"
+KERNEL_VALUES = {
+    "OWNER": "ann",
+    "KERNEL_SLUG": "hpa-inference",
+    "KERNEL_TITLE": "hpa-inference",
+    "WHEELS_DATASET": "ann/hpa-kit-wheels",
+    "SEG_WEIGHTS_DATASET": "bob/hpa-cellseg-weights",
+    "CHECKPOINTS_DATASET": "ann/hpa-kit-checkpoints",
+}
+
+
+def _make(target: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), target, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _output(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout + result.stderr
+
+
+@pytest.fixture
+def fake():
+    with FakeKaggle(username="tester", key="fake-key-5eb63bbbe01eeed0") as server:
+        yield server
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_render_template_fills_and_escapes():
+    meta = render_template(
+        '{"id": "${A}/${B}", "title": "${T}"}', {"A": "x", "B": "y-slug", "T": 'say "hi"\\'}
+    )
+    assert meta == {"id": "x/y-slug", "title": 'say "hi"\\'}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"A": "x"}, r"no value for \$\{B\}"),
+        ({"A": "x", "B": ""}, r"no value for \$\{B\}"),
+        ({"A": "x", "B": "y", "C": "z"}, r"\['C'\] match no placeholder"),
+    ],
+)
+def test_render_template_rejects_missing_and_unused_values(values, message):
+    with pytest.raises(DeliveryError, match=message):
+        render_template('{"id": "${A}/${B}"}', values)
+
+
+def test_render_kernel_writes_notebook_and_metadata(tmp_path):
+    out = render_kernel(NOTEBOOK, tmp_path / "k", template=KERNEL_TEMPLATE, values=KERNEL_VALUES)
+    meta = json.loads((out / "kernel-metadata.json").read_text())
+    assert meta["id"] == "ann/hpa-inference"
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["is_private"] is True
+    assert meta["competition_sources"] == ["hpa-single-cell-image-classification"]
+    assert meta["dataset_sources"] == [
+        "ann/hpa-kit-wheels",
+        "bob/hpa-cellseg-weights",
+        "ann/hpa-kit-checkpoints",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["hpa-inference.ipynb", "kernel-metadata.json"]
+    nb = json.loads((out / meta["code_file"]).read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert "jupytext" not in nb["metadata"]
+    source = jupytext.read(NOTEBOOK)
+    assert [c["source"] if isinstance(c["source"], str) else "".join(c["source"])
+            for c in nb["cells"]] == [c.source for c in source.cells]  # fmt: skip
+    assert all(c.get("outputs", []) == [] for c in nb["cells"])
+
+
+def test_render_kernel_rejects_short_slug(tmp_path):
+    values = dict(KERNEL_VALUES, KERNEL_SLUG="hpa")
+    with pytest.raises(DeliveryError, match="slug of >= 5"):
+        render_kernel(NOTEBOOK, tmp_path / "k", template=KERNEL_TEMPLATE, values=values)
+
+
+def test_stage_dataset_copies_only_wheels(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "hpa_kit-0.1.0-py3-none-any.whl").write_bytes(b"abc")
+    (wheels / ".hidden-1.0-py3-none-any.whl").write_bytes(b"x")
+    (wheels / "notes.txt").write_text("x")
+    (wheels / "sub").mkdir()
+    out = tmp_path / "stage"
+    out.mkdir()
+    (out / "stale.whl").write_bytes(b"old")
+    values = {"WHEELS_DATASET": "ann/hpa-kit-wheels", "WHEELS_TITLE": "hpa_kit wheels"}
+    staged = stage_dataset(wheels, out, template=WHEELS_TEMPLATE, values=values)
+    assert [p.name for p in staged] == ["hpa_kit-0.1.0-py3-none-any.whl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dataset-metadata.json",
+        "hpa_kit-0.1.0-py3-none-any.whl",
+    ]
+    assert json.loads((out / "dataset-metadata.json").read_text())["id"] == "ann/hpa-kit-wheels"
+
+
+def test_stage_dataset_requires_the_hpa_kit_wheel(tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "other-1.0-py3-none-any.whl").write_bytes(b"abc")
+    values = {"WHEELS_DATASET": "ann/hpa-kit-wheels", "WHEELS_TITLE": "hpa_kit wheels"}
+    with pytest.raises(DeliveryError, match="make wheels"):
+        stage_dataset(tmp_path / "w", tmp_path / "s", template=WHEELS_TEMPLATE, values=values)
+
+
+def test_push_dataset_refuses_a_folder_with_dotfiles(tmp_path):
+    (tmp_path / "dataset-metadata.json").write_text(
+        json.dumps(
+            {"id": "ann/hpa-kit-wheels", "title": "hpa_kit wheels", "licenses": [{"name": "other"}]}
+        )  # fmt: skip
+    )
+    (tmp_path / ".git-credentials").write_text("secret")
+    with pytest.raises(DeliveryError, match="not a clean staging folder"):
+        push_dataset(tmp_path)
+
+
+# --------------------------------------------------------------------------- make + fake Kaggle
+
+
+def test_make_push_kernel_sends_the_rendered_notebook(fake, tmp_path):
+    env = client_env(fake, tmp_path / "client")
+    result = _make("push-kernel", env, "KAGGLE_USERNAME=tester", f"KERNEL_DIR={tmp_path}/k")
+    assert result.returncode == 0, _output(result)
+    assert "tester/hpa-inference pushed (version 1)" in result.stdout
+    assert fake.key not in _output(result)
+
+    (call,) = fake.calls_to("SaveKernel")
+    assert call.auth_user == "tester" and call.auth_secret_ok
+    body = call.body
+    assert body["slug"] == "tester/hpa-inference"
+    assert body["enableInternet"] is False
+    assert body["enableGpu"] is True
+    assert body["isPrivate"] is True
+    assert body["kernelType"] == "notebook" and body["language"] == "python"
+    assert body["competitionDataSources"] == ["hpa-single-cell-image-classification"]
+    assert body["datasetDataSources"] == [
+        "tester/hpa-kit-wheels",
+        "tester/hpa-cellseg-weights",
+        "tester/hpa-kit-checkpoints",
+    ]
+    sent = json.loads(body["text"])
+    assert sent["metadata"]["kernelspec"]["name"] == "python3"
+    assert [c["source"] for c in sent["cells"]] == [c.source for c in jupytext.read(NOTEBOOK).cells]
+
+
+def test_make_push_kernel_fails_on_an_error_reply(fake, tmp_path):
+    fake.kernel_error = "Notebook slug already in use by another user"
+    env = client_env(fake, tmp_path / "client")
+    result = _make("push-kernel", env, "KAGGLE_USERNAME=tester", f"KERNEL_DIR={tmp_path}/k")
+    assert result.returncode != 0
+    assert "Kaggle refused the kernel push of tester/hpa-inference" in result.stderr
+    assert "slug already in use" in result.stderr
+    assert fake.key not in _output(result)
+
+    # Why the target does not just run the kaggle CLI: it exits 0 on the same reply.
+    cli = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "kaggle"), "kernels", "push", "-p", f"{tmp_path}/k"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert len(fake.calls_to("SaveKernel")) == 2
+    assert cli.returncode == 0, _output(cli)
+
+
+def test_make_push_kernel_fails_on_an_http_error(fake, tmp_path):
+    env = client_env(fake, tmp_path / "client")
+    env["KAGGLE_KEY"] = "wrong-key-ffffffffffff"
+    result = _make("push-kernel", env, "KAGGLE_USERNAME=tester", f"KERNEL_DIR={tmp_path}/k")
+    assert result.returncode != 0
+    assert "HTTP 401" in result.stderr
+    assert "wrong-key-ffffffffffff" not in _output(result)
+
+
+def test_make_targets_need_a_username(fake, tmp_path):
+    env = client_env(fake, tmp_path / "client")
+    del env["KAGGLE_USERNAME"]
+    result = _make("push-kernel", env, f"KERNEL_DIR={tmp_path}/k")
+    assert result.returncode != 0
+    assert "KAGGLE_USERNAME is not set" in result.stderr
+    assert fake.calls == []
+
+
+def _wheels_folder(path: Path) -> dict[str, bytes]:
+    path.mkdir()
+    files = {
+        "hpa_kit-0.1.0-py3-none-any.whl": os.urandom(70_001),
+        "iterative_stratification-0.1.9-py3-none-any.whl": os.urandom(9_000),
+        "pycocotools-2.0.11-cp312-cp312-manylinux_2_17_x86_64.whl": bytes(range(256)) * 50,
+    }
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+    (path / ".DS_Store").write_bytes(b"junk")
+    (path / "cache").mkdir()
+    return files
+
+
+def test_make_push_dataset_creates_with_every_wheel_byte_exact(fake, tmp_path):
+    files = _wheels_folder(tmp_path / "wheels")
+    env = client_env(fake, tmp_path / "client")
+    result = _make(
+        "push-dataset",
+        env,
+        "KAGGLE_USERNAME=tester",
+        f"WHEELS_DIR={tmp_path}/wheels",
+        f"DATASET_DIR={tmp_path}/stage",
+    )
+    assert result.returncode == 0, _output(result)
+    assert "tester/hpa-kit-wheels created" in result.stdout
+    assert fake.key not in _output(result)
+    assert fake.uploaded_files() == files  # no dotfile, no folder, bytes intact
+    (create,) = fake.calls_to("CreateDataset")
+    assert create.body["ownerSlug"] == "tester" and create.body["slug"] == "hpa-kit-wheels"
+    assert create.body["isPrivate"] is True
+    assert create.auth_secret_ok
+    assert fake.calls_to("CreateDatasetVersion") == []
+
+
+def test_make_push_dataset_versions_an_existing_dataset(fake, tmp_path):
+    files = _wheels_folder(tmp_path / "wheels")
+    fake.existing_datasets.add("tester/hpa-kit-wheels")
+    env = client_env(fake, tmp_path / "client")
+    result = _make(
+        "push-dataset",
+        env,
+        "KAGGLE_USERNAME=tester",
+        f"WHEELS_DIR={tmp_path}/wheels",
+        f"DATASET_DIR={tmp_path}/stage",
+        "DATASET_NOTES=second build",
+    )
+    assert result.returncode == 0, _output(result)
+    assert "tester/hpa-kit-wheels versioned" in result.stdout
+    (version,) = fake.calls_to("CreateDatasetVersion")
+    assert version.body["datasetSlug"] == "hpa-kit-wheels"
+    assert version.body["body"]["versionNotes"] == "second build"
+    assert fake.uploaded_files() == files
+    assert fake.calls_to("CreateDataset") == []
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_make_push_dataset_fails_on_an_error_status(fake, tmp_path, existing):
+    _wheels_folder(tmp_path / "wheels")
+    if existing:
+        fake.existing_datasets.add("tester/hpa-kit-wheels")
+    fake.dataset_error = "Dataset file limit exceeded"
+    env = client_env(fake, tmp_path / "client")
+    result = _make(
+        "push-dataset",
+        env,
+        "KAGGLE_USERNAME=tester",
+        f"WHEELS_DIR={tmp_path}/wheels",
+        f"DATASET_DIR={tmp_path}/stage",
+    )
+    assert result.returncode != 0
+    assert "Dataset file limit exceeded" in result.stderr
+    assert fake.key not in _output(result)
+
+
+def test_make_push_dataset_create_mode_fails_when_the_slug_exists(fake, tmp_path):
+    _wheels_folder(tmp_path / "wheels")
+    fake.existing_datasets.add("tester/hpa-kit-wheels")
+    env = client_env(fake, tmp_path / "client")
+    result = _make(
+        "push-dataset",
+        env,
+        "KAGGLE_USERNAME=tester",
+        "PUSH_MODE=create",
+        f"WHEELS_DIR={tmp_path}/wheels",
+        f"DATASET_DIR={tmp_path}/stage",
+    )
+    assert result.returncode != 0
+    assert "already in use" in result.stderr
+    assert fake.calls_to("CreateDataset") == []
+
+
+# --------------------------------------------------------------------------- offline install
+
+_NOT_ON_KAGGLE = ("iterative_stratification", "iterstrat", "pycocotools", "hpa_kit")
+
+
+def _repack_installed(dist_name: str, out: Path) -> Path:
+    """A wheel of an installed distribution, rebuilt from its RECORD (test input only)."""
+    dist = importlib.metadata.distribution(dist_name)
+    tag = next(
+        line.split(":", 1)[1].strip()
+        for line in (dist.read_text("WHEEL") or "").splitlines()
+        if line.startswith("Tag:")
+    )
+    name = dist.metadata["Name"].replace("-", "_")
+    path = out / f"{name}-{dist.version}-{tag}.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for file in dist.files or []:
+            text = str(file)
+            if text.startswith("..") or "__pycache__" in text:
+                continue
+            zf.write(dist.locate_file(file), text)
+    return path
+
+
+def _kaggle_like_site(path: Path) -> Path:
+    """The build venv's packages minus those the Kaggle image lacks, as symlinks."""
+    site = Path(importlib.metadata.distribution("numpy").locate_file(""))
+    path.mkdir()
+    for entry in site.iterdir():
+        name = entry.name.lower()
+        if entry.suffix == ".pth" or name.startswith(("__editable__", *_NOT_ON_KAGGLE)):
+            continue
+        (path / entry.name).symlink_to(entry)
+    return path
+
+
+def test_make_wheels_then_offline_install_in_a_fresh_venv(tmp_path):
+    sources = tmp_path / "index"
+    sources.mkdir()
+    for dist in ("iterative-stratification", "pycocotools"):
+        _repack_installed(dist, sources)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    wheels = tmp_path / "wheels"
+    major_minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    result = _make(
+        "wheels",
+        env,
+        f"WHEELS_DIR={wheels}",
+        f"WHEELS_PIP_ARGS=--no-index --find-links {sources}",
+        f"KAGGLE_PYTHON={major_minor}",  # the repacked wheels are for this Python
+        "KAGGLE_EXTRA_WHEELS=iterative-stratification==0.1.9 pycocotools==2.0.11",
+    )
+    assert result.returncode == 0, _output(result)
+    names = sorted(p.name for p in wheels.iterdir())
+    assert len(names) == 3 and names[0].startswith("hpa_kit-"), names
+
+    # A fresh venv that sees a Kaggle-like set of packages (torch, timm, ... but not
+    # iterative-stratification, pycocotools or hpa_kit), without pip's own config.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(purelib) / "kaggle_image.pth").write_text(f"{_kaggle_like_site(tmp_path / 'site')}\n")
+    probe = "import importlib.util as u; print(u.find_spec('iterstrat'), u.find_spec('hpa_kit'))"
+    before = subprocess.run(
+        [str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert before.stdout.split() == ["None", "None"], before.stdout + before.stderr
+
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-index", "--find-links", str(wheels), "hpa_kit"],
+        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert install.returncode == 0, _output(install)
+    check = subprocess.run(
+        [str(python), "-c", "import hpa_kit, iterstrat, pycocotools.mask; "
+         "print(hpa_kit.__file__); print(iterstrat.__file__); print(pycocotools.__file__)"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, _output(check)
+    for line in check.stdout.split():
+        assert line.startswith(purelib), check.stdout  # from the wheels, not the source tree
+    cli = subprocess.run(
+        [str(venv / "bin" / "hpa-kit"), "--help"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert cli.returncode == 0, _output(cli)
+    assert "usage: hpa-kit" in cli.stdout
