@@ -1,0 +1,105 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # HPA single-cell classification: inference (offline submission kernel)
+#
+# Segments every test image into cells, classifies each cell with the attached hpa_kit
+# checkpoints and writes `submission.csv`. All the work is done by `hpa_kit`; this notebook
+# only gathers paths and switches.
+#
+# Attach (Kaggle, internet off): the competition, the **hpa_kit wheels** dataset
+# (`make push-dataset`), a dataset of **checkpoints** (folders holding `config.json` +
+# `model.pt`) and, unless `HPA_CLASSICAL=1`, the **segmentation weights** dataset
+# (`dpn_unet_nuclei_v1.pth`, `dpn_unet_cell_3ch_v1.pth` and a `pytorch_zoo` wheel).
+# Every setting below can be overridden by the environment variable named beside it.
+
+# %% config
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+INPUT = Path(os.environ.get("HPA_INPUT", "/kaggle/input"))  # attached datasets live here
+COMPETITION = INPUT / "hpa-single-cell-image-classification"
+IMAGES = Path(os.environ.get("HPA_IMAGES", COMPETITION / "test"))  # {ID}_{color}.png
+SAMPLE = Path(os.environ.get("HPA_SAMPLE", COMPETITION / "sample_submission.csv"))
+OUT = Path(os.environ.get("HPA_OUT", "/kaggle/working"))  # submission.csv goes here
+# Checkpoint folders (config.json + model.pt), separated by os.pathsep; empty: every
+# such folder found under INPUT.
+MODELS = os.environ.get("HPA_MODELS", "")
+# Folder of hpacellseg's weights; empty: the folder under INPUT holding the nuclei weights.
+SEG_WEIGHTS = os.environ.get("HPA_SEG_WEIGHTS", "")
+# Folder of wheels for an offline install; empty: the folder under INPUT holding hpa_kit.
+WHEELS = os.environ.get("HPA_WHEELS", "")
+HPA_KIT_SPEC = os.environ.get("HPA_KIT_SPEC", "hpa_kit")  # what pip installs when online
+CLASSICAL = os.environ.get("HPA_CLASSICAL", "0") == "1"  # weights-free segmentation
+SEG_SCALE = float(os.environ.get("HPA_SEG_SCALE", "0.25"))
+TTA = os.environ.get("HPA_TTA", "seed")  # "none", "seed" or "d4"
+BATCH_SIZE = int(os.environ.get("HPA_BATCH_SIZE", "64"))
+NUM_WORKERS = int(os.environ.get("HPA_NUM_WORKERS", "2"))
+DEVICE = os.environ.get("HPA_DEVICE", "auto")  # "auto": cuda when available
+
+if not WHEELS:  # Kaggle mounts datasets at INPUT/<slug> (or deeper: search 3 levels)
+    found = sorted(INPUT.glob("*/hpa_kit-*.whl")) or sorted(INPUT.glob("*/*/*/hpa_kit-*.whl"))
+    WHEELS = str(found[-1].parent) if found else ""
+if not SEG_WEIGHTS and not CLASSICAL:
+    found = sorted(INPUT.glob("**/dpn_unet_nuclei_v1.pth"))
+    SEG_WEIGHTS = str(found[0].parent) if found else ""
+
+# %% install: nothing if importable; offline from WHEELS (Kaggle); else online (Colab)
+PIP = [sys.executable, "-m", "pip", "install", "--quiet"]
+if importlib.util.find_spec("hpa_kit") is None:
+    source = ["--no-index", "--find-links", WHEELS, "hpa_kit"] if WHEELS else [HPA_KIT_SPEC]
+    subprocess.run(PIP + source, check=True)
+if not CLASSICAL and importlib.util.find_spec("pytorch_zoo") is None:
+    # hpacellseg's pickled networks need pytorch_zoo: a wheel in WHEELS or SEG_WEIGHTS.
+    links = [arg for d in (WHEELS, SEG_WEIGHTS) if d for arg in ("--find-links", d)]
+    subprocess.run(PIP + ["--no-index", "--no-deps", *links, "pytorch_zoo"], check=True)
+importlib.invalidate_caches()
+
+# %% inputs
+from hpa_kit.predict import PredictOptions, predict_folder  # noqa: E402
+from hpa_kit.segment import ClassicalSegmenter, NetworkSegmenter  # noqa: E402
+from hpa_kit.submission import validate_submission  # noqa: E402
+
+if MODELS:
+    checkpoints = [Path(p) for p in MODELS.split(os.pathsep) if p]
+else:  # every checkpoint folder (config.json + model.pt) among the attached datasets
+    checkpoints = sorted(p.parent for p in INPUT.glob("**/model.pt"))
+print(f"images: {IMAGES}\nsample: {SAMPLE}\ncheckpoints: {[str(c) for c in checkpoints]}")
+print(f"segmentation: {'classical' if CLASSICAL else SEG_WEIGHTS}")
+
+# %% predict
+if DEVICE == "auto":
+    import torch
+
+    DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+segmenter = (
+    ClassicalSegmenter(scale=SEG_SCALE)
+    if CLASSICAL
+    else NetworkSegmenter.from_dir(SEG_WEIGHTS, DEVICE, scale=SEG_SCALE)
+)
+options = PredictOptions(tta=TTA, batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, device=DEVICE)
+OUT.mkdir(parents=True, exist_ok=True)
+report = predict_folder(
+    IMAGES, SAMPLE, checkpoints, out=OUT / "submission.csv", segmenter=segmenter, options=options
+)
+print(report)
+
+# %% check the submission
+validation = validate_submission(OUT / "submission.csv", SAMPLE)
+print(validation.summary())
+assert validation.ok, "submission.csv does not match the sample submission"
