@@ -169,7 +169,10 @@ def _iou_matrix(dt: list[dict], gt: list[dict], iou: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """mAP and per-class AP (classes with truth only), with the counts behind them."""
+    """mAP and per-class AP (classes with truth only), with the counts behind them.
+
+    ``map`` is NaN when the truth holds no cell at all (``None`` in :meth:`to_dict`).
+    """
 
     map: float
     ap: dict[int, float]
@@ -186,7 +189,7 @@ class ScoreResult:
     def to_dict(self) -> dict:
         """JSON-ready dict (class keys as strings)."""
         return {
-            "map": self.map,
+            "map": None if math.isnan(self.map) else self.map,
             "ap": {str(c): v for c, v in self.ap.items()},
             "num_truth": {str(c): v for c, v in self.num_truth.items()},
             "num_detections": {str(c): v for c, v in self.num_detections.items()},
@@ -300,6 +303,16 @@ def score_submission(
     must agree between the two files. Raises :class:`hpa_kit.submission.SubmissionError`
     (naming the id) on a malformed row; run :func:`hpa_kit.submission.validate_submission`
     first for a full report.
+
+    >>> import pandas as pd
+    >>> from hpa_kit.rle import encode_binary_mask
+    >>> cell = encode_binary_mask(np.array([[1, 1, 0], [1, 1, 0]], dtype=bool))
+    >>> truth = pd.DataFrame({"ID": ["img"], "ImageWidth": [3], "ImageHeight": [2],
+    ...                       "PredictionString": [f"0 1 {cell} 5 1 {cell}"]})
+    >>> result = score_submission(truth.assign(PredictionString=f"0 0.9 {cell} 3 0.8 {cell}"),
+    ...                           truth)
+    >>> result.map, result.ap  # class 0 found; class 5 missed; class 3 not in the truth
+    (0.5, {0: 1.0, 5: 0.0})
     """
     if iou not in IOU_MODES:
         raise ValueError(f"iou must be one of {IOU_MODES}, got {iou!r}")

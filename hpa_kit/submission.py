@@ -246,7 +246,9 @@ def _require_columns(df: pd.DataFrame, columns: Sequence[str], name: str) -> Non
 
 
 def _size_value(value: object) -> int | None:
-    """A positive integer image size from a CSV cell, or None."""
+    """A positive integer image size from a CSV cell (or an integral number), or None."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
     try:
         number = int(str(value).strip())
     except ValueError:
@@ -366,6 +368,9 @@ def write_submission(
     a reader never sees half a file.
     """
     table = read_sample(sample)
+    unsafe = [i for i in table["ID"] if any(ch in i for ch in ',"\r\n')]
+    if unsafe:
+        raise SubmissionError(f"sample ids must not hold commas, quotes or newlines: {unsafe[:5]}")
     failures = dict(failures or {})
     path = Path(path)
     placeholders: dict[str, str] = {}
@@ -500,7 +505,18 @@ def validate_submission(
     not a multiple of 3; classes outside 0..18; confidences that are not finite numbers in
     [0, 1]; masks that do not decode to exactly ImageHeight x ImageWidth pixels (each
     distinct mask string of an image is decoded once, to its run lengths, by
-    :func:`hpa_kit.rle.to_coco_rle`; pixels are never materialised). Missing columns are reported under :data:`FILE_KEY`.
+    :func:`hpa_kit.rle.to_coco_rle`; pixels are never materialised). Missing columns are
+    reported under :data:`FILE_KEY`. ``submission`` and ``sample`` are CSV paths or
+    DataFrames.
+
+    >>> import pandas as pd
+    >>> from hpa_kit.rle import encode_binary_mask
+    >>> cell = encode_binary_mask(np.array([[1, 1, 0], [1, 1, 0]], dtype=bool))
+    >>> sample = pd.DataFrame({"ID": ["img"], "ImageWidth": [3], "ImageHeight": [2]})
+    >>> validate_submission(sample.assign(PredictionString=f"0 0.9 {cell}"), sample).ok
+    True
+    >>> validate_submission(sample.assign(PredictionString=f"19 0.9 {cell}"), sample).problems
+    {'img': ['triplet 0: class 19 out of range 0..18']}
     """
     expected = read_sample(sample)
     df, name = _read_csv(submission, "submission")
@@ -550,7 +566,9 @@ def validate_submission(
                 add(key, f"ImageWidth {width}, expected {want_w}")
             if height is not None and height != want_h:
                 add(key, f"ImageHeight {height}, expected {want_h}")
-        found, n_decoded = _prediction_problems(str(text), height, width)
+        found, n_decoded = _prediction_problems(
+            text if isinstance(text, str) else "", height, width
+        )
         n_masks += n_decoded
         for message in found:
             add(key, message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -273,6 +274,10 @@ def test_paths_and_result_dict(tmp_path) -> None:
     assert d["map"] == pytest.approx(0.5)
     assert d["ap"] == {"0": 1.0, "5": 0.0}
     json.dumps(d)
+    # Truth without any cell: no class to average over.
+    empty = score_submission(sub, truth.assign(PredictionString=f"0 1 {EMPTY}"))
+    assert math.isnan(empty.map) and empty.ap == {}
+    assert json.loads(json.dumps(empty.to_dict(), allow_nan=False))["map"] is None
 
 
 # --------------------------------------------------------------------------- CLI

@@ -219,6 +219,13 @@ def test_write_submission_is_atomic(tmp_path, monkeypatch) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
 
 
+def test_write_submission_rejects_ids_that_break_csv(tmp_path) -> None:
+    sample = _sample().assign(ID=["a", "b,c", "d", "e"])
+    with pytest.raises(SubmissionError, match="commas"):
+        write_submission(tmp_path / "s.csv", {}, sample)
+    assert not (tmp_path / "s.csv").exists()
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -305,6 +312,15 @@ def test_validate_decodes_each_distinct_mask_once(monkeypatch) -> None:
     df.loc[1, "PredictionString"] = " ".join(f"{c} 0.5 {M2}" for c in range(19))
     assert validate_submission(df, _sample()).ok
     assert sorted(calls) == sorted([M1, M2, M2, E34, empty_mask_string(5, 6)])
+
+
+def test_validate_dataframe_nan_string_and_float_sizes() -> None:
+    df = _good().astype({"ImageWidth": float})
+    assert validate_submission(df, _sample()).ok  # 4.0 is the integer size 4
+    df.loc[1, "PredictionString"] = float("nan")  # an empty cell read by pandas
+    assert validate_submission(df, _sample()).problems == {
+        "b": ["empty PredictionString (write the placeholder '0 1 <empty mask>')"]
+    }
 
 
 def test_validate_missing_column_and_caps_messages() -> None:
