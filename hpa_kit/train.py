@@ -10,7 +10,9 @@ Outputs, in ``out_dir`` (only rank 0 writes):
 - ``best/`` and ``last/``: checkpoints in the predictor's format
   (:func:`hpa_kit.model.save_checkpoint`: ``model.pt`` + ``config.json`` with channels,
   input size, mean/std, ``fold`` and ``metrics``); ``last/train_state.pt`` adds the optimizer,
-  scheduler and scaler states, the finished epoch, the best score and the RNG states.
+  scheduler and scaler states, the finished epoch, the best score, the RNG states, the log
+  rows and its own copy of the weights (one atomic file, so a crash between writes never
+  leaves a resume point whose parts disagree).
 - ``log.jsonl``: one JSON object per epoch (epoch, lr, train_loss, val_loss, macro_f1,
   micro_f1, per_class_f1, classes_in_val, best, elapsed_s).
 - ``train_config.json``: the :class:`TrainConfig` of the run.
@@ -364,10 +366,10 @@ class _Run:
         state_path = last / STATE_FILE
         if not state_path.is_file():
             return False
+        # our own file (numpy RNG state inside), hence weights_only=False
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         self._compatible(state["train_config"])
-        weights = torch.load(last / "model.pt", map_location="cpu", weights_only=True)
-        self.model.load_state_dict(weights)
+        self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -375,9 +377,7 @@ class _Run:
         self.best_score = state["best_score"]
         self.best_epoch = state["best_epoch"]
         _set_rng_state(state["rng"])
-        self.history = [
-            row for row in _read_log(self.out_dir / LOG_FILE) if row["epoch"] < self.start_epoch
-        ]
+        self.history = list(state["history"])
         return True
 
     # -- one epoch
@@ -465,35 +465,34 @@ class _Run:
         }
         metrics["monitor"] = self.config.monitor
         cfg = self.classifier_config.replace(fold=self.config.fold, metrics=metrics)
+        # Order matters for a crash between writes: best first, then last/ whose
+        # train_state.pt (one atomic file) alone decides where a resume starts; it holds its
+        # own copy of the weights and the log rows, so it is always self-consistent.
+        if improved:
+            save_checkpoint(self.out_dir / "best", self.model, cfg)
         last = self.out_dir / "last"
         save_checkpoint(last, self.model, cfg)
         state = {
             "epoch": epoch,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "rng": _rng_state(),
+            "history": list(self.history),
             "train_config": self.config.to_dict(),
         }
         tmp = last / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(last / STATE_FILE)
-        if improved:
-            save_checkpoint(self.out_dir / "best", self.model, cfg)
 
 
 def _targets_of(df) -> list[np.ndarray]:
     from hpa_kit.labels import parse_labels
 
     return [parse_labels(text) for text in df["Label"].tolist()]
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
