@@ -8,7 +8,7 @@ worst case: ~570 triplets per image), confidences higher for the image's classes
 
     .venv/bin/python benchmarks/bench_metric.py --n 1776 --size 512 --n-full 3 --full-size 2048
 
-Figures are wall-clock seconds on whatever machine runs it; the first image of each timed
+Also times write_submission of the same predictions. Figures are wall-clock seconds on whatever machine runs it; the first image of each timed
 call pays pycocotools' import.
 """
 
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from hpa_kit.labels import NUM_CLASSES
 from hpa_kit.metric import score_submission
 from hpa_kit.rle import encode_label_image
-from hpa_kit.submission import format_prediction_string, validate_submission
+from hpa_kit.submission import format_prediction_string, validate_submission, write_submission
 
 COLUMNS = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
 
@@ -127,6 +127,14 @@ def bench(n: int, size: int, n_cells: int, seed: int, folder: Path) -> dict:
     report = validate_submission(pred_path, sample)
     out["validate_s"] = round(time.perf_counter() - t0, 2)
     out["validate_ok"] = report.ok
+    t0 = time.perf_counter()
+    written = write_submission(
+        folder / f"written_{size}.csv",
+        dict(zip(pred["ID"], pred["PredictionString"], strict=True)),
+        sample,
+    )
+    out["write_s"] = round(time.perf_counter() - t0, 2)
+    out["write_placeholders"] = len(written.placeholders)
     out["score_mask_ms_per_image"] = round(1000 * out["score_mask_s"] / n, 2)
     return out
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -69,6 +70,7 @@ FILE_KEY = "<file>"
 
 _SAMPLE_COLUMNS = COLUMNS[:3]
 _MAX_PROBLEMS_PER_ID = 10
+_MASK_TOKEN = re.compile(r"\S+")
 
 
 class SubmissionError(ValueError):
@@ -91,12 +93,14 @@ def format_confidence(value: float) -> str:
         raise SubmissionError(f"confidence must be a finite number in [0, 1], got {value!r}")
     if v == 0.0:
         return "0"  # also turns -0.0 into "0"
-    if v >= 1e-4:  # "g" stays positional for exponents >= -5 and < precision
+    if v >= 1e-4:  # "g" is positional for decimal exponents -4..5
         return f"{v:.6g}"
     return np.format_float_positional(v, precision=6, unique=False, fractional=False, trim="-")
 
 
-def _check_triplet(cls: object, conf: object, mask: object) -> str | None:
+def _check_triplet(
+    cls: object, conf: object, mask: object, *, check_mask: bool = True
+) -> str | None:
     """Problem with one triplet's values (not its mask's pixels), or None."""
     if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)):
         return f"class {cls!r} is not an integer"
@@ -110,7 +114,7 @@ def _check_triplet(cls: object, conf: object, mask: object) -> str | None:
         return f"confidence {conf!r} is not finite"
     if not 0.0 <= c <= 1.0:
         return f"confidence {conf!r} out of range [0, 1]"
-    if not isinstance(mask, str) or not mask or any(ch.isspace() for ch in mask):
+    if check_mask and not (isinstance(mask, str) and _MASK_TOKEN.fullmatch(mask)):
         return f"mask {mask!r} must be non-empty text without spaces"
     return None
 
@@ -342,7 +346,7 @@ def _structure_problem(text: str) -> str | None:
     except SubmissionError as exc:
         return str(exc)
     for i, (cls, conf, mask) in enumerate(triplets):
-        problem = _check_triplet(cls, conf, mask)
+        problem = _check_triplet(cls, conf, mask, check_mask=False)  # split: no spaces
         if problem is not None:
             return f"triplet {i}: {problem}"
     return None
