@@ -696,10 +696,10 @@ def _microtubules(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
     cv2.polylines(canvas, lines, False, 1.0, thick, cv2.LINE_AA, 4)
     modulation = 0.6 + 0.4 * np.clip(_smooth_noise(rng, g.cell.shape, 0.1 * g.radius), -1.0, 1.0)
     fibres = _blur(canvas, 0.004 * g.radius) * modulation
-    fill = 0.28 * np.clip(1.0 - 0.4 * g.distance, 0.0, 1.0)
+    fill = 0.25 * np.clip(1.0 - 0.6 * g.distance, 0.0, 1.0)
     return (
         (np.clip(fibres, 0.0, 1.0) * 0.75 + fill)
-        * _soft_inside(g.distance, 0.05)
+        * _soft_inside(g.distance, 0.15)
         * g.cell
         * (1.0 - 0.75 * g.nucleus)
     )
@@ -708,9 +708,9 @@ def _microtubules(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
 def _er(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
     """Reticular network, densest around the nucleus, faint over the nucleus."""
     net = _ridge(_smooth_noise(rng, g.cell.shape, 0.07 * g.radius), 0.45)
-    perinuclear = np.exp(-np.maximum(g.nucleus_distance - 1.0, 0.0) / 1.2)
-    envelope = np.where(g.nucleus, 0.12, 0.35 + 0.65 * perinuclear)
-    return (0.3 + 0.7 * net) * envelope * _soft_inside(g.distance, 0.06) * g.cell
+    perinuclear = np.exp(-np.maximum(g.nucleus_distance - 1.0, 0.0) / 0.8)
+    envelope = np.where(g.nucleus, 0.12, 0.2 + 0.8 * perinuclear)
+    return (0.25 + 0.75 * net) * envelope * _soft_inside(g.distance, 0.2) * g.cell
 
 
 def _render(
