@@ -115,6 +115,7 @@ def crop_cells(
     >>> out.crops[0, :, :, 1].tolist()
     [[9, 9], [0, 0]]
     """
+    import cv2
     from scipy import ndimage
 
     image = np.asarray(image)
@@ -156,7 +157,8 @@ def crop_cells(
         square = np.zeros((side, side, channels), dtype=np.uint8)
         patch = image[r0:r1, c0:c1]
         if mask_others:
-            patch = np.where((labels[r0:r1, c0:c1] == cell_id)[:, :, None], patch, 0)
+            own = (labels[r0:r1, c0:c1] == cell_id).view(np.uint8)
+            patch = cv2.bitwise_and(patch, patch, mask=own).reshape(patch.shape)
         square[r0 - top : r1 - top, c0 - left : c1 - left] = patch
         ids.append(cell_id)
         boxes.append(box)

@@ -20,6 +20,15 @@ from hpa_kit.model import (
 ARCH = "test_efficientnet"  # timm's ~0.1 M-parameter test network
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on the shared 2-core machine, 2 threads are ~20x slower here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("channels", [("red", "green", "blue"), ("red", "green", "blue", "yellow")])
 def test_round_trip_identical_outputs(tmp_path, channels):
     torch.manual_seed(0)

@@ -10,6 +10,15 @@ import torch
 from hpa_kit.tta import INVERSE, TTA_SETS, VIEWS, apply_view, invert_view, resolve_tta, tta_predict
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on the shared 2-core machine, 2 threads are ~20x slower here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _batch(seed: int = 0, shape=(2, 3, 5, 7)) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 

@@ -1,0 +1,498 @@
+"""hpa_kit.predict and ``hpa-kit predict``: one image by hand, folders end to end, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hpa_kit.cli import main
+from hpa_kit.model import ClassifierConfig, build_classifier, save_checkpoint
+from hpa_kit.predict import (
+    PredictOptions,
+    ResumeMismatchError,
+    blend_probs,
+    classify_crops,
+    load_ensemble,
+    predict_folder,
+    predict_image,
+    read_resume,
+)
+from hpa_kit.rle import decode_binary_mask
+from hpa_kit.segment import ClassicalSegmenter, SegConfig
+from hpa_kit.submission import parse_prediction_string, read_submission, validate_submission
+
+RGB = ("red", "green", "blue")
+RGBY = ("red", "green", "blue", "yellow")
+FAST = PredictOptions(tta="none", num_workers=0, progress=False, batch_size=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on the shared 2-core machine, 2 threads are ~20x slower here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _small_segmenter() -> ClassicalSegmenter:
+    """The classical segmenter with its areas scaled to 256 px synthetic images (1/8 of 2048)."""
+    f = 64
+    config = SegConfig(
+        scale=0.5,
+        min_seed_area=500 // f,
+        max_hole_area=1000 // f,
+        min_nucleus_area=2500 // f,
+        min_cell_area=5500 // f,
+        closing_radius=1,
+    )
+    return ClassicalSegmenter(scale=0.5, config=config)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two tiny random checkpoints: RGB at 32 px and RGBY at 48 px."""
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    paths = []
+    for name, channels, size in (("rgb32", RGB, 32), ("rgby48", RGBY, 48)):
+        config = ClassifierConfig(arch="test_efficientnet", channels=channels, input_size=size)
+        model = build_classifier(config.arch, config.in_chans, config.num_classes).eval()
+        paths.append(save_checkpoint(root / name, model, config))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from hpa_kit.synth import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("synth"), n=3, size=256, seed=0)
+
+
+# --------------------------------------------------------------------------- one image
+
+
+class _ChannelMeans(torch.nn.Module):
+    """Logits = per-channel means of the (normalised) input, padded to 19 with zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        means = x.mean(dim=(-2, -1))
+        return torch.nn.functional.pad(means, (0, 19 - means.shape[1]))
+
+
+def test_classify_crops_selects_channels_and_normalises():
+    crops = np.zeros((2, 8, 8, 4), np.uint8)
+    crops[0, ..., 0] = 255  # red
+    crops[1, ..., 3] = 51  # yellow
+    config = ClassifierConfig(
+        arch="x", channels=("yellow", "red"), input_size=8, mean=(0.2, 0.5), std=(0.5, 0.25)
+    )
+    probs = classify_crops(crops, _ChannelMeans(), config, tta="none", batch_size=1)
+    # crop 0: yellow 0 -> (0 - 0.2) / 0.5 = -0.4; red 1 -> (1 - 0.5) / 0.25 = 2
+    # crop 1: yellow 0.2 -> 0; red 0 -> -2
+    logits = np.array([[-0.4, 2.0], [0.0, -2.0]])
+    np.testing.assert_allclose(probs[:, :2], 1 / (1 + np.exp(-logits)), rtol=1e-6)
+    np.testing.assert_allclose(probs[:, 2:], 0.5)
+    assert probs.shape == (2, 19) and probs.dtype == np.float32
+
+
+def test_classify_crops_scale_views_pad_with_black():
+    # A black crop (raw 0) stays "black" under scale0.8's padding: every view sees the same.
+    crops = np.zeros((1, 10, 10, 4), np.uint8)
+    config = ClassifierConfig(arch="x", channels=RGB, input_size=10)
+    seed = classify_crops(crops, _ChannelMeans(), config, tta="seed")
+    none = classify_crops(crops, _ChannelMeans(), config, tta="none")
+    np.testing.assert_allclose(seed, none, rtol=1e-6)
+
+
+def test_classify_crops_rejects_bad_crops():
+    config = ClassifierConfig(arch="x", channels=RGB, input_size=8)
+    with pytest.raises(ValueError, match="RGBY uint8"):
+        classify_crops(np.zeros((1, 8, 8, 3), np.uint8), _ChannelMeans(), config)
+
+
+def test_blend_formula():
+    cell = np.array([[0.2, 1.0], [0.6, 0.0]])
+    image = np.array([1.0, 0.0])
+    np.testing.assert_allclose(blend_probs(cell, image, 0.25), [[0.4, 0.75], [0.7, 0.0]])
+    np.testing.assert_array_equal(blend_probs(cell, image, 0.0), cell)
+    np.testing.assert_allclose(blend_probs(cell, image, 1.0), [[1.0, 0.0], [1.0, 0.0]])
+    with pytest.raises(ValueError, match="weight"):
+        blend_probs(cell, image, 1.5)
+
+
+def test_predict_image_ensemble_mean_and_blend():
+    image = np.zeros((20, 24, 4), np.uint8)
+    labels = np.zeros((20, 24), np.int32)
+    labels[1:4, 1:4] = 2
+    labels[15:18, 16:19] = 5
+    image[1:4, 1:4, 0] = 255  # cell 2 is red
+    image[15:18, 16:19, 1] = 255  # cell 5 is green
+    model = _ChannelMeans()
+    a = ClassifierConfig(arch="x", channels=RGB, input_size=8, mean=(0, 0, 0), std=(1, 1, 1))
+    b = ClassifierConfig(arch="x", channels=("green",), input_size=12, mean=(0,), std=(1,))
+    options = PredictOptions(tta="none", margin=0.0)
+    ids, probs = predict_image(image, labels, [(model, a), (model, b)], options=options)
+    assert ids.tolist() == [2, 5]
+    s = 1 / (1 + np.exp(-1.0))
+    # model a: cell 2 sees red = 1, cell 5 green = 1; model b (green only): cell 5 green = 1.
+    expected = np.full((2, 19), 0.5)
+    expected[0, 0] = (s + 0.5) / 2
+    expected[1, 1] = (s + 0.5) / 2
+    expected[1, 0] = (0.5 + s) / 2
+    np.testing.assert_allclose(probs, expected, rtol=1e-6)
+    # Image blend: the whole image, resized to 8 / 12 px, through the same two models.
+    blended_ids, blended = predict_image(
+        image, labels, [(model, a), (model, b)], options=options.replace(image_weight=0.5)
+    )
+    assert blended_ids.tolist() == [2, 5]
+    red, green = 9 / 480, 9 / 480  # mean of each colour over the whole 20 x 24 image
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    image_probs = np.full(19, 0.5)
+    image_probs[0] = (sig(red) + sig(green)) / 2
+    image_probs[1] = (sig(green) + 0.5) / 2
+    np.testing.assert_allclose(blended, 0.5 * expected + 0.5 * image_probs[None], atol=2e-3)
+    assert not np.allclose(blended, expected, atol=2e-3)
+
+
+def test_predict_image_no_cells_and_bad_image():
+    model = _ChannelMeans()
+    config = ClassifierConfig(arch="x", channels=RGB, input_size=8)
+    ids, probs = predict_image(
+        np.zeros((6, 6, 4), np.uint8), np.zeros((6, 6), np.int32), [(model, config)]
+    )
+    assert ids.shape == (0,) and probs.shape == (0, 19)
+    with pytest.raises(ValueError, match="RGBY"):
+        predict_image(np.zeros((6, 6, 3), np.uint8), np.zeros((6, 6), np.int32), [(model, config)])
+
+
+def test_options_validation():
+    for bad in ({"tta": "d8"}, {"batch_size": 0}, {"image_weight": 1.5}, {"floor": -0.1},
+                {"num_workers": -1}, {"prefetch": 0}, {"executor": "gpu"}, {"margin": -1}):  # fmt: skip
+        with pytest.raises(ValueError):
+            PredictOptions(**bad)
+
+
+def test_load_ensemble(checkpoints, tmp_path):
+    ensemble = load_ensemble(checkpoints, "cpu")
+    assert [c.in_chans for _, c in ensemble] == [3, 4]
+    assert [c.input_size for _, c in ensemble] == [32, 48]
+    odd = ClassifierConfig(
+        arch="test_efficientnet", channels=RGB, input_size=32, class_names=("a", "b")
+    )
+    save_checkpoint(tmp_path / "odd", build_classifier(odd.arch, 3, 2), odd)
+    with pytest.raises(ValueError, match="ensemble must agree"):
+        load_ensemble([checkpoints[0], tmp_path / "odd"], "cpu")
+    with pytest.raises(ValueError, match="no checkpoints"):
+        load_ensemble([], "cpu")
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _check_csv(csv, sample, n_cells_expected=None):
+    report = validate_submission(csv, sample)
+    assert report.ok, report.summary()
+    table = read_submission(csv)
+    for image_id, width, height, text in table.itertuples(index=False, name=None):
+        triplets = parse_prediction_string(text)
+        masks = {}
+        for cls, _conf, mask in triplets:
+            masks.setdefault(mask, []).append(cls)
+        for classes in masks.values():
+            assert classes == list(range(19)) or (len(masks) == 1 and classes == [0])
+        if n_cells_expected is not None:
+            assert len(masks) == n_cells_expected[image_id]
+        # The cells' masks are disjoint.
+        if len(masks) > 1:
+            total = sum(decode_binary_mask(m, height, width).astype(int) for m in masks)
+            assert total.max() == 1
+    return table
+
+
+def test_synthetic_folder_ensemble_3_and_4_channels(synth, checkpoints, tmp_path):
+    out = tmp_path / "submission.csv"
+    segmenter = _small_segmenter()
+    report = predict_folder(
+        synth.out / "images",
+        synth.sample_submission,
+        checkpoints,
+        out=out,
+        segmenter=segmenter,
+        options=FAST,
+    )
+    assert report.total == 3 and report.predicted == 3 and report.processed == 3
+    assert not report.failures and not report.no_cells and report.complete
+    expected = {}
+    for image_id in synth.ids:
+        from hpa_kit.io import read_image
+
+        _, cells = segmenter.segment([read_image(synth.out / "images", image_id)])[0]
+        expected[image_id] = int(len(np.unique(cells)) - 1)
+    assert report.cells == sum(expected.values()) > 30
+    _check_csv(out, synth.sample_submission, expected)
+    assert "3 predicted" in report.summary()
+
+
+def test_resume_equals_uninterrupted_byte_for_byte(synth, checkpoints, tmp_path):
+    segmenter = _small_segmenter()
+    options = FAST.replace(tta="seed", image_weight=0.3, floor=0.4)
+    ensemble = load_ensemble(checkpoints, "cpu")
+    args = (synth.out / "images", synth.sample_submission, ensemble)
+    full = predict_folder(*args, out=tmp_path / "full.csv", segmenter=segmenter, options=options)
+    assert full.complete
+
+    resume = tmp_path / "resume.jsonl"
+    first = predict_folder(
+        *args,
+        out=tmp_path / "part.csv",
+        segmenter=segmenter,
+        options=options.replace(max_images=1),
+        resume=resume,
+    )
+    assert first.processed == 1 and len(first.not_attempted) == 2 and not first.complete
+    # A kill while writing the next record leaves half a line.
+    with open(resume, "a") as f:
+        f.write('{"id": "' + synth.ids[1] + '", "predic')
+    second = predict_folder(
+        *args, out=tmp_path / "part.csv", segmenter=segmenter, options=options, resume=resume
+    )
+    assert second.resumed == 1 and second.processed == 2 and second.complete
+    assert (tmp_path / "part.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
+    lines = resume.read_text().splitlines()
+    assert [json.loads(line).get("id") for line in lines[1:]] == list(synth.ids)  # no duplicates
+    # A third run has nothing left to do and writes the same file again.
+    third = predict_folder(
+        *args, out=tmp_path / "part.csv", segmenter=segmenter, options=options, resume=resume
+    )
+    assert third.processed == 0 and third.resumed == 3
+    assert (tmp_path / "part.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
+    # Other options, same resume file: refused.
+    with pytest.raises(ResumeMismatchError, match="other models"):
+        predict_folder(
+            *args,
+            out=tmp_path / "x.csv",
+            segmenter=segmenter,
+            options=options.replace(tta="none"),
+            resume=resume,
+        )
+
+
+def test_read_resume_tolerates_truncation(tmp_path):
+    path = tmp_path / "r.jsonl"
+    assert read_resume(path) == (None, {})
+    path.write_text(
+        '{"hpa_kit_resume": 1, "fingerprint": "abc"}\n'
+        '{"id": "a", "prediction": "p1", "error": null, "cells": 3}\n'
+        "garbage\n"
+        '{"id": "b", "prediction": "0 1 x", "error": "boom", "cells": 0}\n'
+        '{"id": "a", "prediction": "p2", "error": null, "cells": 3}\n'
+        '{"id": "c", "predi'
+    )
+    fingerprint, records = read_resume(path)
+    assert fingerprint == "abc"
+    assert sorted(records) == ["a", "b"]
+    assert records["a"]["prediction"] == "p2" and records["b"]["error"] == "boom"
+
+
+def test_missing_channel_gives_placeholder_and_report(synth, checkpoints, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(synth.out / "images", images)
+    broken = synth.ids[1]
+    (images / f"{broken}_yellow.png").unlink()
+    resume = tmp_path / "resume.jsonl"
+    out = tmp_path / "submission.csv"
+    report = predict_folder(
+        images,
+        synth.sample_submission,
+        checkpoints,
+        out=out,
+        segmenter=_small_segmenter(),
+        options=FAST,
+        resume=resume,
+    )
+    assert report.complete and report.predicted == 2
+    assert list(report.failures) == [broken]
+    assert "MissingChannelError" in report.failures[broken] and "yellow" in report.failures[broken]
+    assert broken in report.summary()
+    table = _check_csv(out, synth.sample_submission)
+    row = table.set_index("ID").loc[broken, "PredictionString"]
+    assert row.startswith("0 1 ") and len(parse_prediction_string(row)) == 1
+    assert broken in report.write_report.placeholders
+    # The failure is retried on restart: with the file back, the row is predicted.
+    shutil.copy(synth.out / "images" / f"{broken}_yellow.png", images)
+    again = predict_folder(
+        images,
+        synth.sample_submission,
+        checkpoints,
+        out=out,
+        segmenter=_small_segmenter(),
+        options=FAST,
+        resume=resume,
+    )
+    assert again.resumed == 2 and again.processed == 1 and not again.failures
+
+
+def test_wrong_size_in_sample_is_a_failure(synth, checkpoints, tmp_path):
+    sample = pd.read_csv(synth.sample_submission)
+    sample.loc[0, "ImageWidth"] = 300
+    report = predict_folder(
+        synth.out / "images",
+        sample,
+        checkpoints,
+        out=tmp_path / "s.csv",
+        segmenter=_small_segmenter(),
+        options=FAST,
+    )
+    assert list(report.failures) == [synth.ids[0]]
+    assert "256x256" in report.failures[synth.ids[0]] and "256x300" in report.failures[synth.ids[0]]
+
+
+def test_worker_processes_give_the_same_csv(synth, checkpoints, tmp_path):
+    segmenter = _small_segmenter()
+    inline = predict_folder(
+        synth.out / "images",
+        synth.sample_submission,
+        checkpoints,
+        out=tmp_path / "a.csv",
+        segmenter=segmenter,
+        options=FAST,
+    )
+    pooled = predict_folder(
+        synth.out / "images",
+        synth.sample_submission,
+        checkpoints,
+        out=tmp_path / "b.csv",
+        segmenter=segmenter,
+        options=FAST.replace(num_workers=2, prefetch=2),
+    )
+    assert inline.cells == pooled.cells
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_network_style_segmenter_path(synth, checkpoints, tmp_path, monkeypatch):
+    """A segmenter whose maps run in the main thread (as NetworkSegmenter) gives the same CSV."""
+    import hpa_kit.predict as predict_module
+
+    segmenter = _small_segmenter()
+    predict_folder(
+        synth.out / "images",
+        synth.sample_submission,
+        checkpoints,
+        out=tmp_path / "a.csv",
+        segmenter=segmenter,
+        options=FAST,
+    )
+    monkeypatch.setattr(predict_module, "_is_network", lambda s: True)
+    report = predict_folder(
+        synth.out / "images",
+        synth.sample_submission,
+        checkpoints,
+        out=tmp_path / "b.csv",
+        segmenter=segmenter,
+        options=FAST.replace(num_workers=1, executor="thread", prefetch=3),
+    )
+    assert "segment_device" in report.timings
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_real_samples_end_to_end(samples_dir, sample_ids, checkpoints, tmp_path):
+    sample = tmp_path / "sample.csv"
+    sizes = {sample_ids[0]: 2048, sample_ids[2]: 3072}
+    pd.DataFrame(
+        {"ID": list(sizes), "ImageWidth": list(sizes.values()), "ImageHeight": list(sizes.values())}
+    ).to_csv(sample, index=False)
+    out = tmp_path / "submission.csv"
+    report = predict_folder(samples_dir / "images", sample, checkpoints[:1], out=out, options=FAST)
+    assert report.complete and not report.failures and not report.no_cells, report.summary()
+    # The README's cell counts (hpacellseg masks): 19 and 10; the classical segmenter is close.
+    table = _check_csv(out, sample)
+    n_masks = [
+        len({m for _, _, m in parse_prediction_string(t)}) for t in table["PredictionString"]
+    ]
+    assert abs(n_masks[0] - 19) <= 3 and abs(n_masks[1] - 10) <= 3, n_masks
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_predict_then_validate(checkpoints, tmp_path, capsys):
+    from hpa_kit.synth import write_dataset
+
+    # 1024 px: large enough for the segmenter's default (2048 px) sizes.
+    synth = write_dataset(tmp_path / "synth", n=3, size=1024, seed=1)
+    images = synth.out / "images"
+    (images / f"{synth.ids[2]}_green.png").unlink()
+    out = tmp_path / "submission.csv"
+    code = main(
+        [
+            "predict",
+            "--images",
+            str(images),
+            "--sample",
+            str(synth.sample_submission),
+            "--models",
+            *map(str, checkpoints),
+            "--classical",
+            "--tta",
+            "none",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]  # fmt: skip
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert synth.ids[2] in err and "MissingChannelError" in err
+    assert "2 predicted" in err and "without cells" not in err
+    assert main(["validate", str(out), "--sample", str(synth.sample_submission)]) == 0
+    table = read_submission(out).set_index("ID")
+    assert len(parse_prediction_string(table.loc[synth.ids[0], "PredictionString"])) >= 19 * 5
+    code = main(
+        [
+            "predict",
+            "--images",
+            str(images),
+            "--sample",
+            str(synth.sample_submission),
+            "--models",
+            str(checkpoints[0]),
+            "--max-images",
+            "1",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "--quiet",
+        ]  # fmt: skip
+    )
+    assert code == 3
+    assert main(["validate", str(out), "--sample", str(synth.sample_submission)]) == 0
+    code = main(
+        [
+            "predict",
+            "--images",
+            str(images),
+            "--sample",
+            str(synth.sample_submission),
+            "--models",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]  # fmt: skip
+    )
+    assert code == 2 and "nowhere" in capsys.readouterr().err
