@@ -40,6 +40,15 @@ def _make_set(root: Path, n: int = 32) -> Path:
     return csv
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: faster on the shared 2-core box, and the same for every run here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
@@ -76,7 +85,6 @@ def _log(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def full_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
-    torch.set_num_threads(1)
     return fit(_config(data, out)), out
 
 
@@ -258,6 +266,30 @@ def test_interrupt_and_resume_reproduce_the_run_exactly(full_run, data, tmp_path
     a = torch.load(out / "last" / "model.pt", weights_only=True)
     b = torch.load(full_out / "last" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_accumulation_clipping_and_focal_run(data, tmp_path):
+    # 24 rows / batch 4 = 6 micro-batches; accumulation 4 -> groups of 4 and 2 = 2 steps/epoch
+    cfg = _config(
+        data,
+        tmp_path / "acc",
+        epochs=2,
+        batch_size=4,
+        accumulation=4,
+        clip_grad_norm=0.5,
+        loss="focal",
+        alpha=0.75,
+        class_gamma={1: 1.5},
+        monitor="macro_f1",
+    )
+    result = fit(cfg)
+    state = torch.load(tmp_path / "acc" / "last" / "train_state.pt", weights_only=False)
+    assert state["scheduler"]["last_epoch"] == 4  # optimizer steps taken
+    assert state["epoch"] == 1 and len(state["history"]) == 2
+    rows = _log(tmp_path / "acc")
+    assert all(math.isfinite(r["val_loss"]) for r in rows)
+    scores = [r["macro_f1"] for r in rows]
+    assert result.best_score == max(scores) and result.best_epoch == scores.index(max(scores))
 
 
 def test_missing_images_are_listed_before_training(data, tmp_path):
