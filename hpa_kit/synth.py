@@ -20,9 +20,11 @@ Cells are placed by dart throwing (Poisson-disc-like: centres at least ``0.8 * (
 apart), anywhere in the image, so some are cut by the image edge. Each cell is a perturbed
 ellipse (random radius, elongation, angle, low harmonics of the outline, a little boundary
 noise); pixels go to the cell with the smallest normalised distance (a multiplicatively
-weighted Voronoi split), so neighbours touch along curved borders. A nucleus is a smaller
-perturbed ellipse near the cell's centre, kept inside the cell. Cells that end up too small or
-whose nucleus is mostly outside the image are dropped before anything is drawn.
+weighted Voronoi split), so neighbours touch along curved borders; a cell keeps only its
+connected piece around its centre. A nucleus is a smaller perturbed ellipse near the cell's
+centre, kept inside the cell. Cells that end up too small or whose nucleus is mostly outside
+the image are dropped before anything is drawn. The distance fields are evaluated every
+``radius / 40`` px and interpolated bilinearly (sub-pixel outlines, a fraction of the cost).
 
 - blue: nuclei with chromatin texture and soft edges;
 - red: microtubules, curved fibres radiating from the nucleus over a faint cytoplasm;
@@ -57,7 +59,9 @@ negative (all cells ``(18,)``), otherwise no cell is negative. This matches the 
 ``train.csv``, where 18 is never combined with another label.
 
 Then an uneven illumination field (all channels), a little out-of-focus haze around cells
-(red, yellow), a small background offset and Gaussian plus signal-dependent noise.
+(red, yellow), a small background offset and noise of standard deviation
+``sqrt(noise**2 + 0.3 * signal)`` (triangular, from two uniform bytes: close to Gaussian and
+cheaper to draw).
 
 >>> s = generate_image(size=128, seed=0)
 >>> s.image.shape, s.image.dtype.name, s.cell_labels.dtype.name
