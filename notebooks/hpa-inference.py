@@ -97,7 +97,7 @@ OUT.mkdir(parents=True, exist_ok=True)
 report = predict_folder(
     IMAGES, SAMPLE, checkpoints, out=OUT / "submission.csv", segmenter=segmenter, options=options
 )
-print(report)
+print(report.summary())
 
 # %% check the submission
 validation = validate_submission(OUT / "submission.csv", SAMPLE)
