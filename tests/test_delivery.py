@@ -102,6 +102,16 @@ def test_render_kernel_writes_notebook_and_metadata(tmp_path):
     assert all(c.get("outputs", []) == [] for c in nb["cells"])
 
 
+def test_render_kernel_requires_explicit_booleans(tmp_path):
+    # The kaggle client turns the internet ON when enable_internet is absent.
+    meta = json.loads(KERNEL_TEMPLATE.read_text())
+    del meta["enable_internet"]
+    template = tmp_path / "kernel.json"
+    template.write_text(json.dumps(meta))
+    with pytest.raises(DeliveryError, match="enable_internet must be set explicitly"):
+        render_kernel(NOTEBOOK, tmp_path / "k", template=template, values=KERNEL_VALUES)
+
+
 def test_render_kernel_rejects_short_slug(tmp_path):
     values = dict(KERNEL_VALUES, KERNEL_SLUG="hpa")
     with pytest.raises(DeliveryError, match="slug of >= 5"):
@@ -174,6 +184,7 @@ def test_make_push_kernel_sends_the_rendered_notebook(fake, tmp_path):
     sent = json.loads(body["text"])
     assert sent["metadata"]["kernelspec"]["name"] == "python3"
     assert [c["source"] for c in sent["cells"]] == [c.source for c in jupytext.read(NOTEBOOK).cells]
+    assert _files_holding(tmp_path / "k", fake.key) == []
 
 
 def test_make_push_kernel_fails_on_an_error_reply(fake, tmp_path):
@@ -215,6 +226,10 @@ def test_make_targets_need_a_username(fake, tmp_path):
     assert fake.calls == []
 
 
+def _files_holding(root: Path, secret: str) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
 def _wheels_folder(path: Path) -> dict[str, bytes]:
     path.mkdir()
     files = {
@@ -248,6 +263,10 @@ def test_make_push_dataset_creates_with_every_wheel_byte_exact(fake, tmp_path):
     assert create.body["isPrivate"] is True
     assert create.auth_secret_ok
     assert fake.calls_to("CreateDatasetVersion") == []
+    assert _files_holding(tmp_path / "stage", fake.key) == []
+    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == sorted(
+        [*files, "dataset-metadata.json"]
+    )
 
 
 def test_make_push_dataset_versions_an_existing_dataset(fake, tmp_path):
