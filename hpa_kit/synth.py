@@ -857,6 +857,8 @@ def write_dataset(
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if not id_prefix or any(ch in id_prefix for ch in "/\\ ,"):
         raise ValueError(
             f"id_prefix must be non-empty without '/', '\\', ' ' or ',', got {id_prefix!r}"

@@ -264,11 +264,31 @@ def test_dataset_is_deterministic(dataset, tmp_path):
             assert (dataset.out / rel).read_bytes() == (again.out / rel).read_bytes(), rel
 
 
+def test_write_dataset_records_failures_and_goes_on(tmp_path, monkeypatch):
+    import hpa_kit.io
+
+    real = hpa_kit.io.write_label_image
+
+    def flaky(path, labels):
+        if "t_00001" in str(path):
+            raise OSError("disk full (simulated)")
+        return real(path, labels)
+
+    monkeypatch.setattr(hpa_kit.io, "write_label_image", flaky)
+    data = write_dataset(tmp_path / "d", n=3, size=64, seed=0, id_prefix="t")
+    assert data.ids == ("t_00000", "t_00002")
+    assert list(data.failures) == ["t_00001"] and "disk full" in data.failures["t_00001"]
+    for csv in (data.train_csv, data.sample_submission, data.truth):
+        assert pd.read_csv(csv)["ID"].tolist() == ["t_00000", "t_00002"]
+
+
 def test_write_dataset_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="n must"):
         write_dataset(tmp_path, n=0, size=64, seed=0)
     with pytest.raises(ValueError, match="id_prefix"):
         write_dataset(tmp_path, n=1, size=64, seed=0, id_prefix="a/b")
+    with pytest.raises(ValueError, match="seed"):
+        write_dataset(tmp_path, n=1, size=64, seed=-1)
 
 
 def test_cli_synth(tmp_path: Path, capsys):
