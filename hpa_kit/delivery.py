@@ -444,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             staged = stage_dataset(
                 args.wheels, args.out, template=args.template, values=_parse_values(args.values)
             )
-            print(f"dataset folder ready: {args.out} ({len(staged)} wheels)")
+            print(f"dataset folder ready: {args.out} ({len(staged)} wheel files)")
             for path in staged:
                 print(f"  {path.name}")
         elif args.step == "push-kernel":

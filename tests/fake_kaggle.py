@@ -13,8 +13,9 @@ What it answers (camelCase JSON, as kagglesdk reads it):
 - ``datasets.DatasetApiService/GetDatasetStatus`` -> 404 for an unknown dataset, else
   ``{status: "READY"}``;
 - ``blobs.BlobApiService/StartBlobUpload`` -> ``{token, createUrl}``; a ``PUT`` of the raw
-  bytes to ``createUrl`` is stored under the token (200); a ``PUT`` probing an unknown
-  upload (``Content-Range: bytes */N``) gets 404, so the client restarts it;
+  bytes to ``createUrl`` is stored under the token (200; the first ``failing_puts`` get 500);
+  a ``PUT`` probing an earlier upload (``Content-Range: bytes */N``, sent by a rerun that
+  found resumable-upload state in ``$TMPDIR``) gets 404, so the client restarts it;
 - ``CreateDataset`` / ``CreateDatasetVersion`` -> ``{status: "ok", url, ref}``, or
   ``{status: "error", error}`` when ``dataset_error`` is set.
 
@@ -60,6 +61,7 @@ class FakeKaggle:
     kernel_error: str | None = None
     dataset_error: str | None = None
     existing_datasets: set[str] = field(default_factory=set)
+    failing_puts: int = 0  # answer this many upload PUTs with HTTP 500
     calls: list[Call] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
     blob_names: dict[str, str] = field(default_factory=dict)
@@ -213,6 +215,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.headers.get("Content-Range", "").startswith("bytes */"):
             self._reply(404, {"code": 404, "message": "no upload in progress"})
+            return
+        with state._lock:
+            fail = state.failing_puts > 0
+            state.failing_puts -= int(fail)
+        if fail:
+            self._reply(500, {"code": 500, "message": "storage unavailable"})
             return
         with state._lock:
             state.blobs[token] = data

@@ -309,6 +309,25 @@ def test_make_push_dataset_fails_on_an_error_status(fake, tmp_path, existing):
     assert fake.key not in _output(result)
 
 
+def test_make_push_dataset_fails_on_a_failed_upload_and_a_rerun_restarts_it(fake, tmp_path):
+    files = _wheels_folder(tmp_path / "wheels")
+    fake.failing_puts = 1
+    env = client_env(fake, tmp_path / "client")
+    args = ("KAGGLE_USERNAME=tester", f"WHEELS_DIR={tmp_path}/wheels", f"DATASET_DIR={tmp_path}/s")
+    result = _make("push-dataset", env, *args)
+    assert result.returncode != 0
+    assert "Upload unsuccessful" in result.stderr
+    assert fake.calls_to("CreateDataset") == []
+    # The client kept resumable-upload state in $TMPDIR; the rerun probes it (404: expired),
+    # starts that upload again and creates the dataset with every file intact.
+    rerun = _make("push-dataset", env, *args)
+    assert rerun.returncode == 0, _output(rerun)
+    probes = [c for c in fake.calls if c.method == "PUT" and c.body["bytes"] == 0]
+    assert len(probes) == 1
+    assert fake.uploaded_files() == files
+    assert fake.key not in _output(result) + _output(rerun)
+
+
 def test_make_push_dataset_create_mode_fails_when_the_slug_exists(fake, tmp_path):
     _wheels_folder(tmp_path / "wheels")
     fake.existing_datasets.add("tester/hpa-kit-wheels")
