@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import jupytext
+import nbformat
 import pytest
 from fake_kaggle import FakeKaggle, client_env
 
@@ -94,6 +95,7 @@ def test_render_kernel_writes_notebook_and_metadata(tmp_path):
     ]
     assert sorted(p.name for p in out.iterdir()) == ["hpa-inference.ipynb", "kernel-metadata.json"]
     nb = json.loads((out / meta["code_file"]).read_text())
+    nbformat.validate(nbformat.reads(json.dumps(nb), as_version=4))
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
     assert "jupytext" not in nb["metadata"]
     source = jupytext.read(NOTEBOOK)
