@@ -757,10 +757,13 @@ def _render(
         green = np.zeros(own.shape, dtype=np.float32)
         for cls in classes[cell_id]:
             green = green + _PATTERNS[cls](rng, geometry)
-        planes[0][box] += levels[0] * _microtubules(rng, geometry)
+        # red and yellow dim towards every cell border (neighbours too), as in real cells
+        border = np.clip(geometry.edge_distance / max(1.0, 0.08 * cell.radius), 0.0, 1.0)
+        border = 0.5 + 0.5 * border
+        planes[0][box] += levels[0] * _microtubules(rng, geometry) * border
         planes[1][box] += levels[1] * np.clip(green, 0.0, 1.2)
         planes[2][box] += levels[2] * blue
-        planes[3][box] += levels[3] * _er(rng, geometry)
+        planes[3][box] += levels[3] * _er(rng, geometry) * border
 
     blur = 0.0006 * unit
     for c in range(4):
