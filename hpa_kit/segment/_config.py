@@ -1,0 +1,149 @@
+"""Labelling constants: declared once in full-resolution pixels, derived for any scale."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+__all__ = ["ScaledSizes", "SegConfig", "reduced_shape", "scaled_area", "scaled_radius"]
+
+# Products such as 500 * 0.3**2 come out as 45.00000000000001 in floating point; rounding the
+# product to this many decimals first keeps ceil() from stepping past an exact integer.
+_DECIMALS = 9
+
+
+def scaled_area(area: int, scale: float) -> int:
+    """An area threshold in full-resolution pixels, expressed in pixels at ``scale``.
+
+    Every area threshold of the labelling means "remove objects strictly smaller than N". At
+    scale ``s`` an object of full-resolution area ``a`` covers about ``a * s**2`` pixels, and
+    for an integer pixel count ``n`` the test ``n < N * s**2`` is exactly ``n < ceil(N * s**2)``:
+    so ``ceil`` is the faithful translation. ``round`` differs whenever the fraction is below
+    one half: for N=500 at s=0.25 it gives 31 and keeps a 31 px seed (~496 px at full
+    resolution, which the full-resolution rule removes). At ``s = 1`` the threshold is ``N``.
+
+    >>> scaled_area(500, 0.25), scaled_area(5500, 0.25), scaled_area(8, 0.25)
+    (32, 344, 1)
+    >>> scaled_area(2500, 1.0)
+    2500
+    """
+    if area < 0 or scale <= 0:
+        raise ValueError(f"need area >= 0 and scale > 0, got area={area}, scale={scale}")
+    return math.ceil(round(area * scale * scale, _DECIMALS))
+
+
+def scaled_radius(radius: int, scale: float) -> int:
+    """A structuring-element radius in full-resolution pixels, expressed at ``scale``.
+
+    Rounded up (``ceil``), with a floor of 1 when the full-resolution radius is positive: the
+    closing only bridges gaps and smooths outlines, and a radius that rounds to 0 at small
+    scales would silently switch it off (the failure reported for round() at very small
+    scales). Over-closing by less than one reduced pixel changes the outline by at most
+    ``1 / s`` full-resolution pixels. 6 px gives 2 at s=0.25 (1.5 up), 1 at s=0.125.
+
+    >>> scaled_radius(6, 0.25), scaled_radius(6, 0.125), scaled_radius(6, 0.05), scaled_radius(6, 1.0)
+    (2, 1, 1, 6)
+    """
+    if radius < 0 or scale <= 0:
+        raise ValueError(f"need radius >= 0 and scale > 0, got radius={radius}, scale={scale}")
+    if radius == 0:
+        return 0
+    return max(1, math.ceil(round(radius * scale, _DECIMALS)))
+
+
+def reduced_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The (rows, cols) of a ``shape`` image resized by ``scale`` (half up, at least 1).
+
+    Used by every map producer and by :func:`maps_to_labels`, so the sizes always agree.
+
+    >>> reduced_shape((2048, 2048), 0.25), reduced_shape((1730, 3072), 0.25)
+    ((512, 512), (433, 768))
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    return tuple(max(1, int(math.floor(n * scale + 0.5))) for n in shape[:2])  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ScaledSizes:
+    """The integer constants of :class:`SegConfig` at one scale (see :meth:`SegConfig.sizes`)."""
+
+    min_seed_area: int
+    max_hole_area: int
+    min_mask_area: int
+    min_nucleus_area: int
+    min_cell_area: int
+    closing_radius: int
+
+
+@dataclass(frozen=True)
+class SegConfig:
+    """Everything :func:`label_cells` needs, as hpacellseg's ``label_cell`` uses it.
+
+    Sizes are in full-resolution pixels and mean "objects strictly smaller than this are
+    removed" (holes: "strictly smaller are filled"); :meth:`sizes` gives them at ``scale``, the
+    scale of the maps being labelled (0.25 = maps at a quarter of the image size, the project
+    default; use 1.0 for full-resolution maps). Probabilities are fractions of 255 and every
+    test is "strictly greater than".
+
+    Attributes:
+        scale: scale of the prediction maps relative to the image.
+        nuclei_threshold: nucleus mask = nuclei foreground > this.
+        seed_threshold: nucleus seeds = nuclei foreground > this, outside borders.
+        border_threshold: a pixel is outside borders when 1 - (nuclei border + cell border) > this.
+        wrap_border_sum: add the two uint8 border channels in uint8 (wrapping modulo 256) as
+            hpacellseg does (True, for parity), or without overflow (False).
+        cell_threshold_floor, otsu_factor: cell region = cell foreground >
+            max(floor, factor * otsu(cell foreground)).
+        cell_border_threshold: the second cell watershed may also grow into cell border > this.
+        min_seed_area, max_hole_area, min_mask_area, min_nucleus_area, min_cell_area: areas.
+        closing_radius: radius of the disk of the grey closing of the cell labels.
+
+    >>> SegConfig().sizes()
+    ScaledSizes(min_seed_area=32, max_hole_area=63, min_mask_area=1, min_nucleus_area=157, min_cell_area=344, closing_radius=2)
+    """
+
+    scale: float = 0.25
+    nuclei_threshold: float = 0.4
+    seed_threshold: float = 0.15
+    border_threshold: float = 0.05
+    wrap_border_sum: bool = True
+    cell_threshold_floor: float = 0.22
+    otsu_factor: float = 0.5
+    cell_border_threshold: float = 0.05
+    min_seed_area: int = 500
+    max_hole_area: int = 1000
+    min_mask_area: int = 8
+    min_nucleus_area: int = 2500
+    min_cell_area: int = 5500
+    closing_radius: int = 6
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= 4):
+            raise ValueError(f"SegConfig.scale must be in (0, 4], got {self.scale!r}")
+        for name in ("min_seed_area", "max_hole_area", "min_mask_area", "min_nucleus_area",
+                     "min_cell_area", "closing_radius"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"SegConfig.{name} must be an int >= 0, got {value!r}")
+
+    def sizes(self, scale: float | None = None) -> ScaledSizes:
+        """The integer sizes at ``scale`` (default: ``self.scale``): areas x s^2 and radii x s,
+        both rounded up (:func:`scaled_area`, :func:`scaled_radius`)."""
+        s = self.scale if scale is None else scale
+        return ScaledSizes(
+            min_seed_area=scaled_area(self.min_seed_area, s),
+            max_hole_area=scaled_area(self.max_hole_area, s),
+            min_mask_area=scaled_area(self.min_mask_area, s),
+            min_nucleus_area=scaled_area(self.min_nucleus_area, s),
+            min_cell_area=scaled_area(self.min_cell_area, s),
+            closing_radius=scaled_radius(self.closing_radius, s),
+        )
+
+    def at_scale(self, scale: float) -> SegConfig:
+        """The same constants for maps at another ``scale``."""
+        return dataclasses.replace(self, scale=scale)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,197 @@
+"""Segmenter objects: the shells that batch images through a map producer and the labelling."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from hpa_kit.segment._config import SegConfig
+from hpa_kit.segment._label import maps_to_labels
+
+__all__ = ["ClassicalSegmenter", "NetworkSegmenter", "Segmenter", "segment"]
+
+Maps = tuple[np.ndarray, np.ndarray]
+
+
+class Segmenter(Protocol):
+    """What the predictor needs: ``maps`` (main process / GPU), ``labels`` (CPU workers)."""
+
+    config: SegConfig
+
+    def maps(self, images: Sequence[np.ndarray]) -> list[Maps]: ...
+
+    def labels(
+        self, nuclei_maps: np.ndarray, cell_maps: np.ndarray, shape: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def segment(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+
+def _config_for(scale: float, config: SegConfig | None) -> SegConfig:
+    if config is None:
+        return SegConfig(scale=scale)
+    if config.scale != scale:
+        raise ValueError(
+            f"config.scale ({config.scale}) differs from the segmenter's scale ({scale}); "
+            "the labelling constants must be derived for the scale of the maps"
+        )
+    return config
+
+
+class _Base:
+    config: SegConfig
+
+    def labels(
+        self, nuclei_maps: np.ndarray, cell_maps: np.ndarray, shape: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Full-resolution ``(nuclei_labels, cell_labels)`` (int32) for an image of ``shape``.
+
+        Equals :func:`maps_to_labels` with this segmenter's config, which is all a worker
+        process needs: send it ``segmenter.config`` rather than the segmenter when the
+        segmenter holds networks.
+        """
+        return maps_to_labels(nuclei_maps, cell_maps, shape=tuple(shape[:2]), config=self.config)
+
+    def maps(self, images: Sequence[np.ndarray]) -> list[Maps]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def segment(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(nuclei_labels, cell_labels)`` at full resolution for each RGBY image, in order."""
+        images = list(images)
+        return [
+            self.labels(nuc, cell, image.shape[:2])
+            for image, (nuc, cell) in zip(images, self.maps(images), strict=True)
+        ]
+
+
+class ClassicalSegmenter(_Base):
+    """Weights-free segmentation: :func:`classical_maps` then :func:`label_cells`.
+
+    >>> ClassicalSegmenter(scale=0.25).config.scale
+    0.25
+    """
+
+    def __init__(self, scale: float = 0.25, config: SegConfig | None = None) -> None:
+        self.scale = scale
+        self.config = _config_for(scale, config)
+
+    def maps(self, images: Sequence[np.ndarray]) -> list[Maps]:
+        from hpa_kit.segment.classical import classical_maps
+
+        return [classical_maps(image, scale=self.scale) for image in images]
+
+    def __repr__(self) -> str:
+        return f"ClassicalSegmenter(scale={self.scale})"
+
+
+class NetworkSegmenter(_Base):
+    """hpacellseg's networks (:func:`predict_maps`) then :func:`label_cells`.
+
+    ``nuclei_model`` / ``cell_model`` are modules as :func:`load_segmentation_models` returns
+    them; ``two_channel`` selects the 2-channel cell model's input (zeros instead of yellow).
+    """
+
+    def __init__(
+        self,
+        nuclei_model: Any,
+        cell_model: Any,
+        *,
+        scale: float = 0.25,
+        batch_size: int = 4,
+        device: str = "cpu",
+        two_channel: bool = False,
+        config: SegConfig | None = None,
+    ) -> None:
+        self.nuclei_model = nuclei_model
+        self.cell_model = cell_model
+        self.scale = scale
+        self.batch_size = batch_size
+        self.device = device
+        self.two_channel = two_channel
+        self.config = _config_for(scale, config)
+
+    @classmethod
+    def from_dir(
+        cls,
+        weights_dir: str | os.PathLike,
+        device: str = "cpu",
+        *,
+        scale: float = 0.25,
+        batch_size: int = 4,
+    ) -> NetworkSegmenter:
+        """Load hpacellseg's weight files from ``weights_dir``: ``dpn_unet_nuclei_v1.pth`` and
+        ``dpn_unet_cell_3ch_v1.pth`` (preferred) or the 2-channel ``dpn_unet_cell_v2.pth``."""
+        from hpa_kit.segment.networks import WEIGHT_FILES, load_segmentation_models
+
+        folder = Path(weights_dir)
+        nuclei_path = folder / WEIGHT_FILES["nuclei"]
+        cell_path = folder / WEIGHT_FILES["cell"]
+        two_channel = False
+        if not cell_path.is_file() and (folder / WEIGHT_FILES["cell_2ch"]).is_file():
+            cell_path, two_channel = folder / WEIGHT_FILES["cell_2ch"], True
+        missing = [p.name for p in (nuclei_path, cell_path) if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{folder} lacks {', '.join(missing)} (expected {WEIGHT_FILES['nuclei']} and "
+                f"{WEIGHT_FILES['cell']} or {WEIGHT_FILES['cell_2ch']})"
+            )
+        nuclei_model, cell_model = load_segmentation_models(nuclei_path, cell_path, device)
+        return cls(
+            nuclei_model,
+            cell_model,
+            scale=scale,
+            batch_size=batch_size,
+            device=device,
+            two_channel=two_channel,
+        )
+
+    def maps(self, images: Sequence[np.ndarray]) -> list[Maps]:
+        from hpa_kit.segment.networks import predict_maps
+
+        return predict_maps(
+            list(images),
+            self.nuclei_model,
+            self.cell_model,
+            scale=self.scale,
+            batch_size=self.batch_size,
+            device=self.device,
+            two_channel=self.two_channel,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"NetworkSegmenter(scale={self.scale}, batch_size={self.batch_size}, "
+            f"device={self.device!r}, two_channel={self.two_channel})"
+        )
+
+
+def segment(
+    images: Sequence[np.ndarray],
+    *,
+    segmenter: Segmenter | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Full-resolution ``(nuclei_labels, cell_labels)`` for each RGBY image, in order.
+
+    ``segmenter`` defaults to ``ClassicalSegmenter()`` (scale 0.25). Images go through
+    ``segmenter.maps`` ``batch_size`` at a time; each label image has its image's exact size.
+    """
+    if segmenter is None:
+        segmenter = ClassicalSegmenter()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    images = list(images)
+    starts = range(0, len(images), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="segment", unit="batch")
+    results: list[tuple[np.ndarray, np.ndarray]] = []
+    for start in starts:
+        results.extend(segmenter.segment(images[start : start + batch_size]))
+    return results
