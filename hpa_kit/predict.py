@@ -711,7 +711,13 @@ def predict_folder(
             )
             add_seconds({"write": time.perf_counter() - t0})
 
-    executor = _make_executor(options)
+    from concurrent.futures import BrokenExecutor
+
+    pool = [_make_executor(options)]  # replaced when a worker process dies
+    pending = deque(todo)
+    suspects: set[str] = set()  # in flight when a worker died: retried one at a time
+    queue_a: deque[tuple[str, Future]] = deque()  # read (network) or full preparation
+    queue_b: deque[tuple[str, Future | None, str | None]] = deque()  # network post-processing
     bar = tqdm(
         total=len(todo),
         unit="img",
@@ -719,28 +725,44 @@ def predict_folder(
         disable=not options.progress,
         dynamic_ncols=True,
     )
+
+    def refill() -> None:
+        limit = 1 if suspects else options.prefetch
+        while pending and len(queue_a) + len(queue_b) < limit:
+            image_id = pending.popleft()
+            if network:
+                job = pool[0].submit(_job_read, images_dir, image_id, shapes[image_id])
+            else:
+                job = pool[0].submit(
+                    _job_full, images_dir, image_id, shapes[image_id], segmenter, sizes, crop
+                )
+            queue_a.append((image_id, job))
+
+    def worker_died(first: Sequence[str], exc: BaseException) -> None:
+        """The pool is broken: retry the images in flight one at a time in a new pool; an image
+        that was alone in flight when a worker died is the cause and is recorded as failed."""
+        in_flight = [*first, *(i for i, *_ in queue_b), *(i for i, _ in queue_a)]
+        queue_a.clear()
+        queue_b.clear()
+        pool[0].shutdown(wait=False, cancel_futures=True)
+        pool[0] = _make_executor(options)
+        if len(in_flight) == 1:
+            (image_id,) = in_flight
+            suspects.discard(image_id)
+            height, width = shapes[image_id]
+            cause = f"a worker process died while preparing this image ({_cause(exc)})"
+            record(image_id, placeholder_prediction_string(height, width), cause, 0)
+            bar.update(1)
+        else:
+            suspects.update(in_flight)
+            pending.extendleft(reversed(in_flight))
+
     try:
-        queue_a: deque[tuple[str, Future]] = deque()  # read (network) or full preparation
-        queue_b: deque[tuple[str, Future | None, str | None]] = deque()  # network post-processing
-        ids = iter(todo)
-
-        def refill() -> None:
-            while len(queue_a) + len(queue_b) < options.prefetch:
-                image_id = next(ids, None)
-                if image_id is None:
-                    return
-                if network:
-                    job = executor.submit(_job_read, images_dir, image_id, shapes[image_id])
-                else:
-                    job = executor.submit(
-                        _job_full, images_dir, image_id, shapes[image_id], segmenter, sizes, crop
-                    )
-                queue_a.append((image_id, job))
-
         refill()
         while queue_a or queue_b:
             if network:
                 # Device maps for the images already read, so workers post-process while we classify.
+                broken = False
                 while queue_a and len(queue_b) < max(1, options.prefetch // 2):
                     image_id, job = queue_a.popleft()
                     try:
@@ -748,12 +770,21 @@ def predict_folder(
                         t0 = time.perf_counter()
                         maps = segmenter.maps([image])[0]
                         add_seconds({"segment_device": time.perf_counter() - t0})
-                        post = executor.submit(
+                        post = pool[0].submit(
                             _job_post, image_id, image, maps, labels_fn, sizes, crop, seconds
                         )
                         queue_b.append((image_id, post, None))
+                    except BrokenExecutor as exc:
+                        earlier = [i for i, *_ in queue_b]
+                        queue_b.clear()
+                        worker_died([*earlier, image_id], exc)
+                        broken = True
+                        break
                     except Exception as exc:  # recorded, the run goes on
                         queue_b.append((image_id, None, _cause(exc)))
+                if broken:
+                    refill()
+                    continue
                 image_id, job, error = queue_b.popleft()
             else:
                 image_id, job = queue_a.popleft()
@@ -764,26 +795,38 @@ def predict_folder(
                 if error is not None:
                     raise RuntimeError(error)
                 prepared = job.result()
-                add_seconds(prepared.seconds)
-                t0 = time.perf_counter()
-                probs = _classify(prepared, classifiers, options)
-                add_seconds({"classify": time.perf_counter() - t0})
-                n_cells = int(prepared.cell_ids.size)
-                if n_cells:
-                    probs_by_cell = {
-                        int(c): p.tolist() for c, p in zip(prepared.cell_ids, probs, strict=True)
-                    }
-                    prediction = cells_prediction_string(
-                        prepared.masks, probs_by_cell, floor=options.floor
-                    )
-                else:
-                    no_cells.append(image_id)
-                    prediction = placeholder_prediction_string(height, width)
-                del prepared
-                record(image_id, prediction, None, n_cells)
+            except BrokenExecutor as exc:
+                worker_died([image_id], exc)
+                refill()
+                continue
             except Exception as exc:  # recorded, the run goes on
+                prepared = None
                 cause = error if error is not None else _cause(exc)
                 record(image_id, placeholder_prediction_string(height, width), cause, 0)
+            if prepared is not None:
+                try:
+                    add_seconds(prepared.seconds)
+                    t0 = time.perf_counter()
+                    probs = _classify(prepared, classifiers, options)
+                    add_seconds({"classify": time.perf_counter() - t0})
+                    n_cells = int(prepared.cell_ids.size)
+                    if n_cells:
+                        probs_by_cell = {
+                            int(c): p.tolist()
+                            for c, p in zip(prepared.cell_ids, probs, strict=True)
+                        }
+                        prediction = cells_prediction_string(
+                            prepared.masks, probs_by_cell, floor=options.floor
+                        )
+                    else:
+                        no_cells.append(image_id)
+                        prediction = placeholder_prediction_string(height, width)
+                    record(image_id, prediction, None, n_cells)
+                except Exception as exc:  # recorded, the run goes on
+                    n_cells = 0
+                    record(image_id, placeholder_prediction_string(height, width), _cause(exc), 0)
+                del prepared
+            suspects.discard(image_id)
             cells += n_cells
             bar.update(1)
             if failures:
@@ -791,7 +834,7 @@ def predict_folder(
             refill()
     finally:
         bar.close()
-        executor.shutdown(wait=True, cancel_futures=True)
+        pool[0].shutdown(wait=True, cancel_futures=True)
         if writer is not None:
             writer.close()
 

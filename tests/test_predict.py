@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -377,6 +378,49 @@ def test_worker_processes_give_the_same_csv(synth, checkpoints, tmp_path):
     )
     assert inline.cells == pooled.cells
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+class _KillerSegmenter:
+    """Kills its worker process on images 200 px high; else the small classical segmenter."""
+
+    def __init__(self):
+        self.inner = _small_segmenter()
+        self.scale, self.config = self.inner.scale, self.inner.config
+
+    def segment(self, images):
+        if images[0].shape[0] == 200:
+            os._exit(1)
+        return self.inner.segment(images)
+
+
+def test_dead_worker_fails_only_its_image(synth, checkpoints, tmp_path):
+    from hpa_kit.io import write_channels
+
+    images = tmp_path / "images"
+    shutil.copytree(synth.out / "images", images)
+    write_channels(images, "odd", np.full((200, 256, 4), 9, np.uint8))
+    sample = pd.read_csv(synth.sample_submission)
+    odd = pd.DataFrame(
+        {"ID": ["odd"], "ImageWidth": [256], "ImageHeight": [200], "PredictionString": [""]}
+    )
+    sample = pd.concat([sample.iloc[:1], odd, sample.iloc[1:]], ignore_index=True)
+    ensemble = load_ensemble(checkpoints[:1], "cpu")
+    options = FAST.replace(num_workers=1, prefetch=3)
+    report = predict_folder(
+        images,
+        sample,
+        ensemble,
+        out=tmp_path / "a.csv",
+        segmenter=_KillerSegmenter(),
+        options=options,
+    )
+    assert list(report.failures) == ["odd"] and "worker process died" in report.failures["odd"]
+    assert report.predicted == 3 and report.complete
+    predict_folder(
+        images, sample, ensemble, out=tmp_path / "b.csv", segmenter=_small_segmenter(), options=FAST
+    )
+    a, b = (read_submission(tmp_path / f).set_index("ID") for f in ("a.csv", "b.csv"))
+    assert a.drop(index="odd").equals(b.drop(index="odd"))
 
 
 def test_network_style_segmenter_path(synth, checkpoints, tmp_path, monkeypatch):
