@@ -263,6 +263,8 @@ def _kaggle_api() -> Any:
         raise ImportError(
             "pushing to Kaggle needs the kaggle client: pip install 'hpa_kit[kaggle]'"
         ) from exc
+    import requests
+
     api = KaggleApi()
     # Verbose mode prints request headers, including the Authorization header.
     api.args = [a for a in KaggleApi.args if a not in ("--verbose", "-v")]
@@ -272,6 +274,10 @@ def _kaggle_api() -> Any:
         raise DeliveryError(
             "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), "
             "or put kaggle.json in KAGGLE_CONFIG_DIR"
+        ) from None
+    except requests.RequestException as exc:  # an access token is checked online
+        raise DeliveryError(
+            _redact(f"Kaggle authentication failed: {_describe_http_error(exc)}")
         ) from None
     return api
 

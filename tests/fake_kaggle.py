@@ -8,8 +8,9 @@ the path is taken from that URL. :func:`client_env` builds such an environment.
 
 What it answers (camelCase JSON, as kagglesdk reads it):
 
-- ``kernels.KernelsApiService/SaveKernel`` -> ``{ref, url, versionNumber}``, or
-  ``{error}`` when ``kernel_error`` is set (HTTP 200: the kaggle CLI exits 0 on it);
+- ``kernels.KernelsApiService/SaveKernel`` -> ``{ref, url, versionNumber}`` (plus
+  ``invalidDatasetSources`` when set), or ``{error}`` when ``kernel_error`` is set (HTTP 200:
+  the kaggle CLI exits 0 on both);
 - ``datasets.DatasetApiService/GetDatasetStatus`` -> 404 for an unknown dataset, else
   ``{status: "READY"}``;
 - ``blobs.BlobApiService/StartBlobUpload`` -> ``{token, createUrl}``; a ``PUT`` of the raw
@@ -59,6 +60,7 @@ class FakeKaggle:
     username: str = "tester"
     key: str = "fake-key-0123456789abcdef"
     kernel_error: str | None = None
+    invalid_dataset_sources: list[str] = field(default_factory=list)
     dataset_error: str | None = None
     existing_datasets: set[str] = field(default_factory=set)
     failing_puts: int = 0  # answer this many upload PUTs with HTTP 500
@@ -119,11 +121,11 @@ class FakeKaggle:
             if self.kernel_error:
                 return 200, {"error": self.kernel_error}
             slug = body.get("slug", "")
-            return 200, {
-                "ref": f"/code/{slug}",
-                "url": f"http://localhost/code/{slug}",
-                "versionNumber": 1,
-            }
+            reply: dict[str, Any] = {"ref": f"/code/{slug}", "versionNumber": 1}
+            reply["url"] = f"http://localhost/code/{slug}"
+            if self.invalid_dataset_sources:
+                reply["invalidDatasetSources"] = list(self.invalid_dataset_sources)
+            return 200, reply
         if method == "GetDatasetStatus":
             ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
             if ref in self.existing_datasets:

@@ -210,6 +210,14 @@ def test_make_push_kernel_fails_on_an_error_reply(fake, tmp_path):
     assert cli.returncode == 0, _output(cli)
 
 
+def test_make_push_kernel_fails_when_kaggle_rejects_a_data_source(fake, tmp_path):
+    fake.invalid_dataset_sources = ["tester/hpa-kit-checkpoints"]
+    env = client_env(fake, tmp_path / "client")
+    result = _make("push-kernel", env, "KAGGLE_USERNAME=tester", f"KERNEL_DIR={tmp_path}/k")
+    assert result.returncode != 0
+    assert "invalid dataset sources ['tester/hpa-kit-checkpoints']" in result.stderr
+
+
 def test_make_push_kernel_fails_on_an_http_error(fake, tmp_path):
     env = client_env(fake, tmp_path / "client")
     env["KAGGLE_KEY"] = "wrong-key-ffffffffffff"
