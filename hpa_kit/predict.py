@@ -601,9 +601,7 @@ def _default_device() -> str:
 def _load_sample(sample: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     from hpa_kit.submission import read_sample
 
-    if isinstance(sample, (str, os.PathLike)):
-        return read_sample(sample)
-    return sample
+    return read_sample(sample)  # validated: ids unique and non-empty, sizes positive integers
 
 
 def _cause(exc: BaseException) -> str:
