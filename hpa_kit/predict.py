@@ -31,7 +31,8 @@ fsynced): a restarted run with the same models and options skips the ids already
 truncated last line from a kill is dropped), so the final CSV never repeats a row and equals an
 uninterrupted run's. A failing image (missing channel, wrong size, ...) is recorded with its id
 and cause, gets a placeholder row and the run goes on; failed ids are retried by a restarted
-run. The CSV is written by :func:`hpa_kit.submission.write_submission`: one row per sample id.
+run. If a worker process dies (e.g. killed for memory), a new pool is started and the images
+that were in flight are retried one at a time, so only the image that kills a worker fails. The CSV is written by :func:`hpa_kit.submission.write_submission`: one row per sample id.
 """
 
 from __future__ import annotations
