@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+import pandas as pd
 import pytest
 from fake_kaggle import FakeKaggle, client_env
+from nbrun import make_kernelspec, outputs_text, run_notebook
 
 from hpa_kit.delivery import (
     DeliveryError,
@@ -391,14 +394,18 @@ def _kaggle_like_site(path: Path) -> Path:
     return path
 
 
-def test_make_wheels_then_offline_install_in_a_fresh_venv(tmp_path):
-    sources = tmp_path / "index"
+@pytest.fixture(scope="module")
+def built_wheels(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """`make wheels` without the network: the extra wheels come from a local folder of
+    wheels repacked from this venv. Returns the wheels folder and pip's environment."""
+    tmp = tmp_path_factory.mktemp("wheels")
+    sources = tmp / "index"
     sources.mkdir()
     for dist in ("iterative-stratification", "pycocotools"):
         _repack_installed(dist, sources)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull
-    wheels = tmp_path / "wheels"
+    wheels = tmp / "wheels"
     major_minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     result = _make(
         "wheels",
@@ -409,11 +416,12 @@ def test_make_wheels_then_offline_install_in_a_fresh_venv(tmp_path):
         "KAGGLE_EXTRA_WHEELS=iterative-stratification==0.1.9 pycocotools==2.0.11",
     )
     assert result.returncode == 0, _output(result)
-    names = sorted(p.name for p in wheels.iterdir())
-    assert len(names) == 3 and names[0].startswith("hpa_kit-"), names
+    return wheels, env
 
-    # A fresh venv that sees a Kaggle-like set of packages (torch, timm, ... but not
-    # iterative-stratification, pycocotools or hpa_kit), without pip's own config.
+
+def _fresh_venv(tmp_path: Path) -> tuple[Path, str]:
+    """A venv that sees a Kaggle-like set of packages (torch, timm, ipykernel, ... but not
+    iterative-stratification, pycocotools or hpa_kit). Returns its python and purelib."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -427,22 +435,82 @@ def test_make_wheels_then_offline_install_in_a_fresh_venv(tmp_path):
         [str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path
     )
     assert before.stdout.split() == ["None", "None"], before.stdout + before.stderr
+    return python, purelib
 
+
+def _installed_from(python: Path, purelib: str, cwd: Path) -> None:
+    check = subprocess.run(
+        [str(python), "-c", "import hpa_kit, iterstrat, pycocotools.mask; "
+         "print(hpa_kit.__file__); print(iterstrat.__file__); print(pycocotools.__file__)"],
+        capture_output=True, text=True, cwd=cwd, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, _output(check)
+    for line in check.stdout.split():
+        assert line.startswith(purelib), check.stdout  # from the wheels, not the source tree
+
+
+def test_make_wheels_then_offline_install_in_a_fresh_venv(built_wheels, tmp_path):
+    wheels, env = built_wheels
+    names = sorted(p.name for p in wheels.iterdir())
+    assert len(names) == 3 and names[0].startswith("hpa_kit-"), names
+    python, purelib = _fresh_venv(tmp_path)
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--no-index", "--find-links", str(wheels), "hpa_kit"],
         env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert install.returncode == 0, _output(install)
-    check = subprocess.run(
-        [str(python), "-c", "import hpa_kit, iterstrat, pycocotools.mask; "
-         "print(hpa_kit.__file__); print(iterstrat.__file__); print(pycocotools.__file__)"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60,
-    )  # fmt: skip
-    assert check.returncode == 0, _output(check)
-    for line in check.stdout.split():
-        assert line.startswith(purelib), check.stdout  # from the wheels, not the source tree
+    _installed_from(python, purelib, tmp_path)
     cli = subprocess.run(
-        [str(venv / "bin" / "hpa-kit"), "--help"], capture_output=True, text=True, cwd=tmp_path
+        [str(python.parent / "hpa-kit"), "--help"], capture_output=True, text=True, cwd=tmp_path
     )
     assert cli.returncode == 0, _output(cli)
     assert "usage: hpa-kit" in cli.stdout
+
+
+def test_inference_notebook_installs_from_an_attached_wheels_dataset(built_wheels, tmp_path):
+    """The notebook's install cell, offline, in a Kaggle-like venv: it finds the wheels under
+    HPA_INPUT, installs hpa_kit and its missing dependencies, then predicts."""
+    import torch
+
+    from hpa_kit.model import ClassifierConfig, build_classifier, save_checkpoint
+    from hpa_kit.synth import write_dataset
+
+    wheels, env = built_wheels
+    inputs = tmp_path / "input"
+    shutil.copytree(wheels, inputs / "hpa-kit-wheels")
+    synth = write_dataset(tmp_path / "synth", n=2, size=768, seed=3)
+    torch.manual_seed(0)
+    checkpoint = inputs / "hpa-kit-checkpoints" / "fold0"
+    config = ClassifierConfig(arch="test_efficientnet", input_size=32)
+    save_checkpoint(checkpoint, build_classifier("test_efficientnet", 3), config)
+    python, purelib = _fresh_venv(tmp_path)
+    settings = {
+        "HPA_INPUT": str(inputs),  # wheels and checkpoints are found there
+        "HPA_IMAGES": str(tmp_path / "synth" / "images"),
+        "HPA_SAMPLE": str(tmp_path / "synth" / "sample_submission.csv"),
+        "HPA_OUT": str(tmp_path / "out"),
+        "HPA_CLASSICAL": "1",
+        "HPA_TTA": "none",
+        "HPA_NUM_WORKERS": "0",
+        "HPA_DEVICE": "cpu",
+    }
+    jupyter = make_kernelspec(tmp_path / "jupyter", python, name="kaggle-like")
+    nb = run_notebook(
+        "hpa-inference", settings, jupyter, tmp_path, kernel_name="kaggle-like", base_env=env
+    )
+    _installed_from(python, purelib, tmp_path)
+    text = outputs_text(nb)
+    assert str(checkpoint) in text
+    submission = tmp_path / "out" / "submission.csv"
+    df = pd.read_csv(submission)
+    assert sorted(df["ID"]) == sorted(synth.ids)
+    # Cells were found and classified: 19 triplets per cell.
+    triplets = [len(s.split()) // 3 for s in df["PredictionString"]]
+    assert all(n >= 19 and n % 19 == 0 for n in triplets), triplets
+    assert "OK:" in text  # the notebook's own validation
+    validate = subprocess.run(
+        [str(python.parent / "hpa-kit"), "validate", str(submission), "--sample",
+         str(synth.sample_submission)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert validate.returncode == 0, _output(validate)

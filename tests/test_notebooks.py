@@ -4,7 +4,6 @@ nbclient (a temporary kernelspec pointing at this interpreter) on synthetic and 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import jupytext
 import pandas as pd
 import pytest
 from jupytext.compare import compare_notebooks
+from nbrun import NOTEBOOKS, make_kernelspec, outputs_text, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ROOT / "notebooks"
 NAMES = ("hpa-inference", "hpa-train", "hpa-explore")
 TINY_ARCH = "test_efficientnet"  # timm's ~0.1 M-parameter test network
 
@@ -71,45 +70,7 @@ def test_no_kaggle_or_colab_paths_inside_the_package():
 @pytest.fixture(scope="module")
 def jupyter_path(tmp_path_factory) -> Path:
     """A kernelspec "hpa-test" running this interpreter (found through JUPYTER_PATH)."""
-    root = tmp_path_factory.mktemp("jupyter")
-    spec = root / "kernels" / "hpa-test"
-    spec.mkdir(parents=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec / "kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": "hpa-test", "language": "python"})
-    )
-    return root
-
-
-def _run_notebook(name: str, settings: dict[str, str], jupyter_path: Path, cwd: Path):
-    from nbclient import NotebookClient
-
-    nb = jupytext.read(NOTEBOOKS / f"{name}.py")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HPA_")}
-    env.update(settings, JUPYTER_PATH=str(jupyter_path), PYTHONHASHSEED="0")
-    saved = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = str(jupyter_path)  # read when the kernelspec is looked up
-    try:
-        client = NotebookClient(
-            nb, kernel_name="hpa-test", timeout=180, resources={"metadata": {"path": str(cwd)}}
-        )
-        client.execute(env=env)
-    finally:
-        if saved is None:
-            os.environ.pop("JUPYTER_PATH", None)
-        else:
-            os.environ["JUPYTER_PATH"] = saved
-    return nb
-
-
-def _outputs(nb) -> str:
-    texts = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            texts.append(
-                out.get("text", "") or json.dumps(out.get("data", {}).get("text/plain", ""))
-            )
-    return "\n".join(texts)
+    return make_kernelspec(tmp_path_factory.mktemp("jupyter"), sys.executable)
 
 
 @pytest.fixture(scope="module")
@@ -158,21 +119,9 @@ def _inference_settings(images: Path, sample: Path, checkpoint: Path, out: Path)
     }
 
 
-def test_inference_notebook_on_a_synthetic_folder(
-    jupyter_path, synth_dir, tiny_checkpoint, tmp_path
-):
-    sample = synth_dir / "sample_submission.csv"
-    settings = _inference_settings(synth_dir / "images", sample, tiny_checkpoint, tmp_path)
-    nb = _run_notebook("hpa-inference", settings, jupyter_path, tmp_path)
-    submission = tmp_path / "submission.csv"
-    df = pd.read_csv(submission)
-    assert sorted(df["ID"]) == sorted(pd.read_csv(sample)["ID"])
-    # Real cells were found and classified: 19 triplets per cell, masks not the placeholder.
-    triplets = [len(s.split()) // 3 for s in df["PredictionString"]]
-    assert all(n >= 19 and n % 19 == 0 for n in triplets), triplets
-    result = _validate(submission, sample)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "classical" in _outputs(nb)
+# The inference notebook on a synthetic folder, installing hpa_kit offline from a wheels
+# folder as on Kaggle, is tests/test_delivery.py::
+# test_inference_notebook_installs_from_an_attached_wheels_dataset.
 
 
 def test_inference_notebook_on_real_samples(
@@ -189,7 +138,7 @@ def test_inference_notebook_on_real_samples(
     sample = tmp_path / "sample_submission.csv"
     pd.DataFrame(rows).to_csv(sample, index=False)
     settings = _inference_settings(samples_dir / "images", sample, tiny_checkpoint, tmp_path)
-    _run_notebook("hpa-inference", settings, jupyter_path, tmp_path)
+    run_notebook("hpa-inference", settings, jupyter_path, tmp_path)
     submission = tmp_path / "submission.csv"
     df = pd.read_csv(submission).set_index("ID")
     assert sorted(df.index) == sorted(ids)
@@ -216,7 +165,7 @@ def test_train_notebook_writes_a_checkpoint(jupyter_path, tmp_path):
         "HPA_BATCH_SIZE": "2",
         "HPA_WORKERS": "0",
     }
-    _run_notebook("hpa-train", settings, jupyter_path, tmp_path)
+    run_notebook("hpa-train", settings, jupyter_path, tmp_path)
     best = tmp_path / "run" / "best"
     assert (best / "model.pt").is_file()
     config = json.loads((best / "config.json").read_text())
@@ -231,7 +180,7 @@ def test_explore_notebook_draws_overlays(jupyter_path, synth_dir, tiny_checkpoin
         "HPA_MODELS": str(tiny_checkpoint),
         "HPA_VIEW_SIZE": "256",
     }
-    nb = _run_notebook("hpa-explore", settings, jupyter_path, tmp_path)
+    nb = run_notebook("hpa-explore", settings, jupyter_path, tmp_path)
     from hpa_kit.io import list_image_ids
 
     first = list_image_ids(synth_dir / "images")[0]
@@ -239,4 +188,4 @@ def test_explore_notebook_draws_overlays(jupyter_path, synth_dir, tiny_checkpoin
     assert (tmp_path / "pictures" / f"{first}_overlay.png").is_file()
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 4  # channels, composite, outlines, overlay
-    assert "mean probability over cells" in _outputs(nb)
+    assert "mean probability over cells" in outputs_text(nb)
