@@ -69,13 +69,13 @@ def _features(crop) -> list[float]:
     )
     cell_ring = cell & ~ndi.binary_erosion(cell, iterations=2)
     total = green[cell].sum() + 1e-3
-    mean = green[cell].mean() + 1e-3
+    mean = (green[cell].mean() if cell.any() else 0.0) + 1e-3
     feats = [
         green[cell].mean(),
         green[nucleus].sum() / total,
         green[cytoplasm].sum() / total,
-        green[nucleus_ring].mean() / mean,
-        green[cell_ring].mean() / mean,
+        (green[nucleus_ring].mean() if nucleus_ring.any() else 0.0) / mean,
+        (green[cell_ring].mean() if cell_ring.any() else 0.0) / mean,
     ]
     for region in (nucleus, cytoplasm):
         values = green[region] if region.sum() > 5 else np.zeros(2, np.float32)
