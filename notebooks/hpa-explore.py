@@ -22,8 +22,9 @@ IMAGE_ID = os.environ.get("HPA_IMAGE_ID", "")  # "": the first id in IMAGES
 OUT = Path(os.environ.get("HPA_OUT", "/kaggle/working" if ON_KAGGLE else "/content/explore"))
 # Checkpoint folders (config.json + model.pt), separated by os.pathsep; "": no predictions.
 MODELS = os.environ.get("HPA_MODELS", "")
-SEG_WEIGHTS = os.environ.get("HPA_SEG_WEIGHTS", "")  # hpacellseg weights; "": classical
-CLASSICAL = os.environ.get("HPA_CLASSICAL", "0") == "1" or not SEG_WEIGHTS
+# Folder of hpacellseg's weights; "": on Kaggle the attached folder holding them, if any.
+SEG_WEIGHTS = os.environ.get("HPA_SEG_WEIGHTS", "")
+CLASSICAL = os.environ.get("HPA_CLASSICAL", "0") == "1"  # weights-free segmentation
 SEG_SCALE = float(os.environ.get("HPA_SEG_SCALE", "0.25"))
 TTA = os.environ.get("HPA_TTA", "none")  # "none", "seed" or "d4"
 TOP_K = int(os.environ.get("HPA_TOP_K", "2"))  # classes written on each cell
@@ -35,11 +36,20 @@ HPA_KIT_SPEC = os.environ.get("HPA_KIT_SPEC", "hpa_kit")  # what pip installs wh
 if not WHEELS:  # Kaggle mounts datasets at INPUT/<slug> (or deeper: search 3 levels)
     found = sorted(INPUT.glob("*/hpa_kit-*.whl")) or sorted(INPUT.glob("*/*/*/hpa_kit-*.whl"))
     WHEELS = str(found[-1].parent) if found else ""
+if not SEG_WEIGHTS and not CLASSICAL and ON_KAGGLE:
+    found = sorted(INPUT.glob("**/dpn_unet_nuclei_v1.pth"))
+    SEG_WEIGHTS = str(found[0].parent) if found else ""
+CLASSICAL = CLASSICAL or not SEG_WEIGHTS  # no weights: the classical segmenter
 
 # %% install: nothing if importable; offline from WHEELS (Kaggle); else online (Colab)
+PIP = [sys.executable, "-m", "pip", "install", "--quiet"]
 if importlib.util.find_spec("hpa_kit") is None:
     source = ["--no-index", "--find-links", WHEELS, "hpa_kit"] if WHEELS else [HPA_KIT_SPEC]
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *source], check=True)
+    subprocess.run(PIP + source, check=True)
+if not CLASSICAL and importlib.util.find_spec("pytorch_zoo") is None:
+    # hpacellseg's pickled networks need pytorch_zoo: a wheel in WHEELS or SEG_WEIGHTS.
+    links = [arg for d in (WHEELS, SEG_WEIGHTS) if d for arg in ("--find-links", d)]
+    subprocess.run(PIP + ["--no-index", "--no-deps", *links, "pytorch_zoo"], check=True)
 importlib.invalidate_caches()
 
 # %% the image and its channels (red, green, blue, yellow from left to right)

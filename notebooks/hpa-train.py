@@ -49,9 +49,10 @@ if not WHEELS:  # Kaggle mounts datasets at INPUT/<slug> (or deeper: search 3 le
     WHEELS = str(found[-1].parent) if found else ""
 
 # %% install: nothing if importable; offline from WHEELS (Kaggle); else online (Colab)
+PIP = [sys.executable, "-m", "pip", "install", "--quiet"]
 if importlib.util.find_spec("hpa_kit") is None:
     source = ["--no-index", "--find-links", WHEELS, "hpa_kit"] if WHEELS else [HPA_KIT_SPEC]
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *source], check=True)
+    subprocess.run(PIP + source, check=True)
 importlib.invalidate_caches()
 
 # %% training configuration
