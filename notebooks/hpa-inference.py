@@ -48,7 +48,9 @@ HPA_KIT_SPEC = os.environ.get("HPA_KIT_SPEC", "hpa_kit")  # what pip installs wh
 CLASSICAL = os.environ.get("HPA_CLASSICAL", "0") == "1"  # weights-free segmentation
 SEG_SCALE = float(os.environ.get("HPA_SEG_SCALE", "0.25"))
 TTA = os.environ.get("HPA_TTA", "seed")  # "none", "seed" or "d4"
-BATCH_SIZE = int(os.environ.get("HPA_BATCH_SIZE", "64"))
+BATCH_SIZE = int(os.environ.get("HPA_BATCH_SIZE", "64"))  # cell crops per forward pass
+# Emit (cell, class) pairs with probability >= FLOOR; 0 = all 19 classes (a ~275 MB CSV).
+FLOOR = float(os.environ.get("HPA_FLOOR", "0"))
 NUM_WORKERS = int(os.environ.get("HPA_NUM_WORKERS", "2"))
 DEVICE = os.environ.get("HPA_DEVICE", "auto")  # "auto": cuda when available
 
@@ -92,7 +94,9 @@ segmenter = (
     if CLASSICAL
     else NetworkSegmenter.from_dir(SEG_WEIGHTS, DEVICE, scale=SEG_SCALE)
 )
-options = PredictOptions(tta=TTA, batch_size=BATCH_SIZE, num_workers=NUM_WORKERS, device=DEVICE)
+options = PredictOptions(
+    tta=TTA, batch_size=BATCH_SIZE, floor=FLOOR, num_workers=NUM_WORKERS, device=DEVICE
+)
 OUT.mkdir(parents=True, exist_ok=True)
 report = predict_folder(
     IMAGES, SAMPLE, checkpoints, out=OUT / "submission.csv", segmenter=segmenter, options=options
