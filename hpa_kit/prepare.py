@@ -13,10 +13,14 @@ killed part-way leaves at worst a hidden temporary file, never a truncated ``{id
 
 Failures (missing channel, unreadable file, ...) are recorded per id with their cause in the
 returned :class:`~hpa_kit.batch.BatchReport`; the other ids go on.
+
+Parallelism: ``workers > 1`` converts ids in that many *spawned* processes (each sets OpenCV to
+one thread); ``workers == 1`` works in the calling process.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 from collections.abc import Sequence
@@ -178,7 +182,12 @@ def prepare_images(
                 _record(report, _prepare_one(image_id, files, str(dst), pair))
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+            # "spawn": fresh interpreters. A forked child inherits the parent's thread state
+            # (OpenCV's pool, executor threads) and was seen to hang on a futex here.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=_init_worker
+            ) as pool:
                 futures = {
                     pool.submit(_prepare_one, image_id, files, str(dst), pair): image_id
                     for image_id, files in todo.items()
