@@ -517,5 +517,6 @@ def test_match_labels_hand_computed():
     assert m.f1 == pytest.approx(2 / 5) and m.mean_iou == pytest.approx(0.6)
     assert match_labels(truth, pred, threshold=0.3).tp == 2
     assert match_labels(truth, truth).f1 == 1.0
+    assert match_labels(truth * 70001, pred) == m  # ids past 16 bits
     with pytest.raises(ValueError):
         match_labels(truth, pred[:5])

@@ -22,6 +22,27 @@ class Matching(NamedTuple):
     mean_iou: float  # mean IoU of the matched pairs (0 when none)
 
 
+def _compact(labels: np.ndarray) -> np.ndarray:
+    """The labels themselves when ids are small; otherwise ids renumbered 1..K (0 kept)."""
+    if labels.max(initial=0) <= 65535:
+        return labels
+    ids, inverse = np.unique(labels, return_inverse=True)
+    return inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)
+
+
+def _joint_histogram(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Pixel counts per (true id, predicted id), rows and columns indexed by compact ids with
+    0 = background first; ids absent from an image get all-zero rows / columns."""
+    if not (np.issubdtype(truth.dtype, np.integer) and np.issubdtype(pred.dtype, np.integer)):
+        raise ValueError(f"label images must be integer, got {truth.dtype} and {pred.dtype}")
+    if truth.size and (truth.min() < 0 or pred.min() < 0):
+        raise ValueError("label images must not hold negative labels")
+    true_inv, pred_inv = _compact(truth), _compact(pred)
+    n_t, n_p = int(true_inv.max(initial=0)) + 1, int(pred_inv.max(initial=0)) + 1
+    flat = true_inv.ravel().astype(np.int64) * n_p + pred_inv.ravel()
+    return np.bincount(flat, minlength=n_t * n_p).reshape(n_t, n_p).astype(np.float64)
+
+
 def match_labels(truth: np.ndarray, pred: np.ndarray, *, threshold: float = 0.5) -> Matching:
     """One-to-one matching of the objects of two label images at IoU >= ``threshold``.
 
@@ -44,14 +65,11 @@ def match_labels(truth: np.ndarray, pred: np.ndarray, *, threshold: float = 0.5)
         )
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    true_ids, true_inv = np.unique(truth, return_inverse=True)
-    pred_ids, pred_inv = np.unique(pred, return_inverse=True)
-    n_t, n_p = len(true_ids), len(pred_ids)
-    joint = np.bincount(true_inv.ravel() * n_p + pred_inv.ravel(), minlength=n_t * n_p)
-    joint = joint.reshape(n_t, n_p).astype(np.float64)
-    # drop the background row / column
-    true_fg, pred_fg = true_ids != 0, pred_ids != 0
+    joint = _joint_histogram(truth, pred)
     area_t, area_p = joint.sum(1), joint.sum(0)
+    true_fg = area_t > 0
+    pred_fg = area_p > 0
+    true_fg[0] = pred_fg[0] = False  # background row / column
     inter = joint[true_fg][:, pred_fg]
     union = area_t[true_fg][:, None] + area_p[pred_fg][None, :] - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)

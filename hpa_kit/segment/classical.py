@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.special import expit
 from skimage import filters, morphology, segmentation
 
 from hpa_kit.segment._config import reduced_shape
@@ -66,10 +67,6 @@ class ClassicalConfig:
     territory_level: float = 0.25
     territory_sigma: float = 8.0
     border_width: float = 4.0
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _touching(labels: np.ndarray) -> np.ndarray:
@@ -160,12 +157,12 @@ def classical_maps(
 
     # Foreground probabilities: logistic in log intensity around data-driven thresholds.
     nuclei_level = np.log1p(float(filters.threshold_otsu(blue)) if np.ptp(blue) > 0 else 255.0)
-    nuc_p = _sigmoid(
+    nuc_p = expit(
         config.steepness * (np.log1p(blue) - nuclei_level)
         + np.log(_NUCLEUS_LEVEL / (1 - _NUCLEUS_LEVEL))
     )
     cell_level = np.log1p(config.cell_otsu_factor * _log_otsu(cyto)) if np.ptp(cyto) > 0 else 1e3
-    cell_p = _sigmoid(config.steepness * (np.log1p(cyto) - cell_level))
+    cell_p = expit(config.steepness * (np.log1p(cyto) - cell_level))
 
     # Territories of the nuclei inside the foreground; lines where two of them meet.
     nuclei, nuclei_lines = _label_nuclei(nuc_p > _NUCLEUS_LEVEL, scale=scale, config=config)
