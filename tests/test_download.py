@@ -368,6 +368,15 @@ def test_download_public_cli(published, tmp_path, capsys):
     assert "1 done, 2 skipped (already done: 2), 0 failed" in capsys.readouterr().out
 
 
+def test_download_public_cli_bad_input(tmp_path, capsys):
+    argv = ["download-public", str(tmp_path / "none.tsv"), str(tmp_path / "out"), "--quiet"]
+    assert main(argv) == 2
+    assert "public image list not found" in capsys.readouterr().err
+    listed = _write_list(tmp_path / "l.tsv", ROWS[:1])
+    assert main(["download-public", str(listed), str(tmp_path / "out"), "--attempts", "0"]) == 2
+    assert "attempts must be >= 1" in capsys.readouterr().err
+
+
 def test_download_public_bad_arguments(published, tmp_path):
     srv, _, list_path = published
     with pytest.raises(ValueError, match="size"):

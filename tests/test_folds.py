@@ -154,3 +154,11 @@ def test_real_folds_deterministic(real_folds):
     train, out = real_folds
     again = make_folds(train, n_splits=5, seed=0)
     np.testing.assert_array_equal(again["fold"].to_numpy(), out["fold"].to_numpy())
+
+
+def test_cli_folds_bad_input(tmp_path, capsys):
+    src = tmp_path / "train.csv"
+    pd.DataFrame({"ID": ["a", "b"], "Label": ["0", "0|99"]}).to_csv(src, index=False)
+    assert main(["folds", str(src), "--out", str(tmp_path / "o.csv"), "--n-splits", "2"]) == 2
+    assert "row 1" in capsys.readouterr().err and not (tmp_path / "o.csv").exists()
+    assert main(["folds", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o.csv")]) == 2

@@ -217,3 +217,8 @@ def test_batch_report_rejects_an_id_twice():
         report.add_failure("a", "late failure")
     with pytest.raises(ValueError, match="more than one group"):
         BatchReport(done=["a"], failed={"a": "x"})
+
+
+def test_prepare_cli_bad_input(tmp_path, capsys):
+    assert main(["prepare", str(tmp_path / "none"), str(tmp_path / "dst"), "--quiet"]) == 2
+    assert "source folder not found" in capsys.readouterr().err

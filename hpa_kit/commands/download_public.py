@@ -58,13 +58,19 @@ def _run(args: argparse.Namespace) -> int:
         select_public_images,
     )
 
-    table = read_public_list(args.list)
-    selection = select_public_images(table)
+    try:
+        table = read_public_list(args.list)
+        selection = select_public_images(table)
+        retry = RetryPolicy(attempts=args.attempts, backoff=args.backoff, timeout=args.timeout)
+        if args.size < 1 or args.workers < 1:
+            raise ValueError(f"--size and --workers must be >= 1, got {args.size}, {args.workers}")
+    except (OSError, ValueError) as exc:  # missing list, missing columns, bad options
+        print(f"hpa-kit download-public: {exc}", file=sys.stderr)
+        return 2
     print(
         f"{args.list}: {len(table)} rows, {len(selection.images)} images selected, "
         f"{selection.excluded} rows excluded by the filter, {len(selection.rejected)} rejected"
     )
-    retry = RetryPolicy(attempts=args.attempts, backoff=args.backoff, timeout=args.timeout)
     report = download_public(
         table,
         args.dst,

@@ -26,14 +26,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     import pandas as pd
 
     from hpa_kit.folds import make_folds
 
-    table = pd.read_csv(args.csv, dtype={args.label_col: str}, keep_default_na=False)
-    out = make_folds(table, n_splits=args.n_splits, seed=args.seed, label_col=args.label_col)
+    try:
+        table = pd.read_csv(args.csv, dtype={args.label_col: str}, keep_default_na=False)
+        out = make_folds(table, n_splits=args.n_splits, seed=args.seed, label_col=args.label_col)
+    except (OSError, ValueError) as exc:  # missing file, bad column, bad label (LabelError)
+        print(f"hpa-kit folds: {args.csv}: {exc}", file=sys.stderr)
+        return 2
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(path, index=False)

@@ -42,14 +42,18 @@ def _run(args: argparse.Namespace) -> int:
 
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
-    report = prepare_images(
-        args.src,
-        args.dst,
-        size=args.size,
-        workers=workers,
-        channels=channels,
-        progress=not args.quiet,
-    )
+    try:
+        report = prepare_images(
+            args.src,
+            args.dst,
+            size=args.size,
+            workers=workers,
+            channels=channels,
+            progress=not args.quiet,
+        )
+    except (FileNotFoundError, ValueError) as exc:  # bad folder, size or workers
+        print(f"hpa-kit prepare: {exc}", file=sys.stderr)
+        return 2
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     if args.failures_csv:
         print(f"failures written to {report.write_failures(args.failures_csv)}")
