@@ -109,9 +109,11 @@ kernel:
 push-kernel: kernel
 	$(DELIVERY) push-kernel $(KERNEL_DIR)
 
-# Stages the wheels of $(WHEELS_DIR) (run `make wheels` first) and creates or versions the dataset.
+# Stages the wheels of $(WHEELS_DIR) (run `make wheels` first; hpa_kit and every
+# $(KAGGLE_EXTRA_WHEELS) must be there) and creates or versions the dataset.
 push-dataset:
 	$(_need_kaggle_username)
 	$(DELIVERY) stage-dataset $(WHEELS_DIR) --template $(WHEELS_TEMPLATE) --out $(DATASET_DIR) \
+	  $(addprefix --require ,$(KAGGLE_EXTRA_WHEELS)) \
 	  --set 'WHEELS_DATASET=$(WHEELS_DATASET)' --set 'WHEELS_TITLE=$(WHEELS_TITLE)'
 	$(DELIVERY) push-dataset $(DATASET_DIR) --mode $(PUSH_MODE) --notes '$(DATASET_NOTES)'

@@ -202,28 +202,44 @@ def stage_dataset(
     *,
     template: str | Path,
     values: Mapping[str, str],
-    require: Sequence[str] = ("hpa_kit-",),
+    require: Sequence[str] = ("hpa_kit",),
 ) -> list[Path]:
     """Make ``out`` hold only copies of ``wheels/*.whl`` plus ``dataset-metadata.json``.
 
     ``out`` is emptied first (Kaggle uploads every top-level file, dotfiles included).
-    ``require`` lists file-name prefixes of wheels that must be present. Returns the staged
-    wheel paths, sorted.
+    ``require`` names distributions (``"hpa_kit"``, ``"iterative-stratification"``, a version
+    after ``==`` is ignored) that must have a wheel there. Returns the staged wheel paths,
+    sorted.
     """
     wheels, out, template = Path(wheels), Path(out), Path(template)
     meta = render_template(_read_text(template), values, source=str(template))
     _check_dataset_metadata(meta, str(template))
     found = sorted(p for p in wheels.glob("*.whl") if p.is_file() and not p.name.startswith("."))
-    absent = [prefix for prefix in require if not any(p.name.startswith(prefix) for p in found)]
+    have = {_wheel_project(p.name) for p in found}
+    absent = sorted(name for name in require if _normalize(name.split("==")[0]) not in have)
     if absent:
         raise DeliveryError(
-            f"{wheels}: no wheel starting with {absent} (run `make wheels` first); "
+            f"{wheels}: no wheel of {absent} (run `make wheels` first); "
             f"found {[p.name for p in found]}"
         )
     _reset_dir(out)
     staged = [Path(shutil.copy2(p, out / p.name)) for p in found]
     _write_json(out / DATASET_METADATA_FILE, meta)
     return staged
+
+
+def _normalize(name: str) -> str:
+    """A project name as wheel file names spell it (PEP 427/503: lower case, runs of
+    ``-_.`` as ``_``).
+
+    >>> _normalize("Iterative-Stratification"), _wheel_project("PyYAML-6.0.4-cp312-cp312-x.whl")
+    ('iterative_stratification', 'pyyaml')
+    """
+    return re.sub(r"[-_.]+", "_", name.strip()).lower()
+
+
+def _wheel_project(filename: str) -> str:
+    return _normalize(filename.split("-", 1)[0])
 
 
 def _read_text(path: Path) -> str:
@@ -423,6 +439,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stage-dataset", help="stage wheels + dataset-metadata.json")
     p.add_argument("wheels", type=Path, help="folder of .whl files")
+    p.add_argument(
+        "--require",
+        action="append",
+        default=["hpa_kit"],
+        metavar="NAME",
+        help="a distribution that must have a wheel in the folder (hpa_kit always)",
+    )
     p.add_argument("--template", type=Path, required=True, help="dataset-metadata template")
     p.add_argument("--out", type=Path, required=True, help="folder to (re)create")
     p.add_argument("--set", dest="values", action="append", default=[], metavar="NAME=VALUE")
@@ -448,7 +471,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"kernel folder ready: {out}")
         elif args.step == "stage-dataset":
             staged = stage_dataset(
-                args.wheels, args.out, template=args.template, values=_parse_values(args.values)
+                args.wheels,
+                args.out,
+                template=args.template,
+                values=_parse_values(args.values),
+                require=args.require,
             )
             print(f"dataset folder ready: {args.out} ({len(staged)} wheel files)")
             for path in staged:

@@ -147,8 +147,38 @@ def test_stage_dataset_requires_the_hpa_kit_wheel(tmp_path):
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "other-1.0-py3-none-any.whl").write_bytes(b"abc")
     values = {"WHEELS_DATASET": "ann/hpa-kit-wheels", "WHEELS_TITLE": "hpa_kit wheels"}
-    with pytest.raises(DeliveryError, match="make wheels"):
+    with pytest.raises(DeliveryError, match=r"no wheel of \['hpa_kit'\].*make wheels"):
         stage_dataset(tmp_path / "w", tmp_path / "s", template=WHEELS_TEMPLATE, values=values)
+
+
+def test_stage_dataset_requires_named_wheels_whatever_their_spelling(tmp_path):
+    (tmp_path / "w").mkdir()
+    for name in ("hpa_kit-0.1.0-py3-none-any.whl", "PyYAML-6.0.4-cp312-cp312-any.whl"):
+        (tmp_path / "w" / name).write_bytes(b"abc")
+    values = {"WHEELS_DATASET": "ann/hpa-kit-wheels", "WHEELS_TITLE": "hpa_kit wheels"}
+    staged = stage_dataset(
+        tmp_path / "w", tmp_path / "s", template=WHEELS_TEMPLATE, values=values,
+        require=["hpa_kit", "pyyaml==6.0.4"],
+    )  # fmt: skip
+    assert len(staged) == 2
+    with pytest.raises(DeliveryError, match=r"no wheel of \['iterative-stratification==0.1.9'\]"):
+        stage_dataset(
+            tmp_path / "w", tmp_path / "s", template=WHEELS_TEMPLATE, values=values,
+            require=["hpa_kit", "iterative-stratification==0.1.9", "PyYAML"],
+        )  # fmt: skip
+
+
+def test_make_push_dataset_refuses_a_folder_missing_an_extra_wheel(fake, tmp_path):
+    _wheels_folder(tmp_path / "wheels")
+    (tmp_path / "wheels" / "pyyaml-6.0.4-cp312-cp312-manylinux_2_17_x86_64.whl").unlink()
+    env = client_env(fake, tmp_path / "client")
+    result = _make(
+        "push-dataset", env, "KAGGLE_USERNAME=tester", f"WHEELS_DIR={tmp_path}/wheels",
+        f"DATASET_DIR={tmp_path}/stage",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "no wheel of ['PyYAML==6.0.4']" in result.stderr
+    assert fake.calls == []
 
 
 def test_push_dataset_refuses_a_folder_with_dotfiles(tmp_path):
@@ -248,7 +278,8 @@ def _wheels_folder(path: Path) -> dict[str, bytes]:
     files = {
         "hpa_kit-0.1.0-py3-none-any.whl": os.urandom(70_001),
         "iterative_stratification-0.1.9-py3-none-any.whl": os.urandom(9_000),
-        "pycocotools-2.0.11-cp312-cp312-manylinux_2_17_x86_64.whl": bytes(range(256)) * 50,
+        "pycocotools-2.0.11-cp312-abi3-manylinux_2_17_x86_64.whl": bytes(range(256)) * 50,
+        "pyyaml-6.0.4-cp312-cp312-manylinux_2_17_x86_64.whl": os.urandom(1234),
     }
     for name, data in files.items():
         (path / name).write_bytes(data)
