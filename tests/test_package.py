@@ -74,13 +74,18 @@ def test_parse_and_format_labels_round_trip():
         ("19", "out of range"),
         ("1|x", "bad class"),
         ("-1", "bad class"),
-        ("3|3", "repeated"),
         ("1||2", "bad class"),
     ],
 )
 def test_bad_label_strings_raise_clear_errors(text, message):
     with pytest.raises(labels.LabelError, match=message):
         labels.parse_labels(text)
+
+
+def test_repeated_classes_count_once():
+    # The real train.csv holds rows such as "13|0|13".
+    assert labels.parse_label_list("13|0|13") == [13, 0]
+    assert labels.format_labels(labels.parse_labels("13|0|13")) == "0|13"
 
 
 def test_format_labels_rejects_wrong_length_and_empty_vector():
