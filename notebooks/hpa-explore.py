@@ -31,7 +31,8 @@ TOP_K = int(os.environ.get("HPA_TOP_K", "2"))  # classes written on each cell
 VIEW_SIZE = int(os.environ.get("HPA_VIEW_SIZE", "768"))  # side of the pictures shown
 # Folder of wheels for an offline install; empty: the folder under INPUT holding hpa_kit.
 WHEELS = os.environ.get("HPA_WHEELS", "")
-HPA_KIT_SPEC = os.environ.get("HPA_KIT_SPEC", "hpa_kit")  # what pip installs when online
+# What pip installs when no wheels folder is found (online: Colab): a git URL or a wheel.
+HPA_KIT_SPEC = os.environ.get("HPA_KIT_SPEC", "")
 
 if not WHEELS:  # Kaggle mounts datasets at INPUT/<slug> (or deeper: search 3 levels)
     found = sorted(INPUT.glob("*/hpa_kit-*.whl")) or sorted(INPUT.glob("*/*/*/hpa_kit-*.whl"))
@@ -44,6 +45,8 @@ CLASSICAL = CLASSICAL or not SEG_WEIGHTS  # no weights: the classical segmenter
 # %% install: nothing if importable; offline from WHEELS (Kaggle); else online (Colab)
 PIP = [sys.executable, "-m", "pip", "install", "--quiet"]
 if importlib.util.find_spec("hpa_kit") is None:
+    if not (WHEELS or HPA_KIT_SPEC):
+        raise RuntimeError("hpa_kit is missing: attach the wheels dataset or set HPA_KIT_SPEC")
     source = ["--no-index", "--find-links", WHEELS, "hpa_kit"] if WHEELS else [HPA_KIT_SPEC]
     subprocess.run(PIP + source, check=True)
 if not CLASSICAL and importlib.util.find_spec("pytorch_zoo") is None:

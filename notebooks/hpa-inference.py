@@ -44,7 +44,8 @@ MODELS = os.environ.get("HPA_MODELS", "")
 SEG_WEIGHTS = os.environ.get("HPA_SEG_WEIGHTS", "")
 # Folder of wheels for an offline install; empty: the folder under INPUT holding hpa_kit.
 WHEELS = os.environ.get("HPA_WHEELS", "")
-HPA_KIT_SPEC = os.environ.get("HPA_KIT_SPEC", "hpa_kit")  # what pip installs when online
+# What pip installs when no wheels folder is found (online: Colab): a git URL or a wheel.
+HPA_KIT_SPEC = os.environ.get("HPA_KIT_SPEC", "")
 CLASSICAL = os.environ.get("HPA_CLASSICAL", "0") == "1"  # weights-free segmentation
 SEG_SCALE = float(os.environ.get("HPA_SEG_SCALE", "0.25"))
 TTA = os.environ.get("HPA_TTA", "seed")  # "none", "seed" or "d4"
@@ -64,6 +65,8 @@ if not SEG_WEIGHTS and not CLASSICAL:
 # %% install: nothing if importable; offline from WHEELS (Kaggle); else online (Colab)
 PIP = [sys.executable, "-m", "pip", "install", "--quiet"]
 if importlib.util.find_spec("hpa_kit") is None:
+    if not (WHEELS or HPA_KIT_SPEC):
+        raise RuntimeError("hpa_kit is missing: attach the wheels dataset or set HPA_KIT_SPEC")
     source = ["--no-index", "--find-links", WHEELS, "hpa_kit"] if WHEELS else [HPA_KIT_SPEC]
     subprocess.run(PIP + source, check=True)
 if not CLASSICAL and importlib.util.find_spec("pytorch_zoo") is None:

@@ -42,7 +42,8 @@ LIMIT_TRAIN = os.environ.get("HPA_LIMIT_TRAIN", "")  # a count or fraction of ro
 RESUME = os.environ.get("HPA_RESUME", "0") == "1"  # continue from OUT/last
 # Folder of wheels for an offline install; empty: the folder under INPUT holding hpa_kit.
 WHEELS = os.environ.get("HPA_WHEELS", "")
-HPA_KIT_SPEC = os.environ.get("HPA_KIT_SPEC", "hpa_kit")  # what pip installs when online
+# What pip installs when no wheels folder is found (online: Colab): a git URL or a wheel.
+HPA_KIT_SPEC = os.environ.get("HPA_KIT_SPEC", "")
 
 if not WHEELS:  # Kaggle mounts datasets at INPUT/<slug> (or deeper: search 3 levels)
     found = sorted(INPUT.glob("*/hpa_kit-*.whl")) or sorted(INPUT.glob("*/*/*/hpa_kit-*.whl"))
@@ -51,6 +52,8 @@ if not WHEELS:  # Kaggle mounts datasets at INPUT/<slug> (or deeper: search 3 le
 # %% install: nothing if importable; offline from WHEELS (Kaggle); else online (Colab)
 PIP = [sys.executable, "-m", "pip", "install", "--quiet"]
 if importlib.util.find_spec("hpa_kit") is None:
+    if not (WHEELS or HPA_KIT_SPEC):
+        raise RuntimeError("hpa_kit is missing: attach the wheels dataset or set HPA_KIT_SPEC")
     source = ["--no-index", "--find-links", WHEELS, "hpa_kit"] if WHEELS else [HPA_KIT_SPEC]
     subprocess.run(PIP + source, check=True)
 importlib.invalidate_caches()
