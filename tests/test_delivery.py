@@ -233,7 +233,7 @@ def test_make_push_kernel_fails_on_an_error_reply(fake, tmp_path):
 
     # Why the target does not just run the kaggle CLI: it exits 0 on the same reply.
     cli = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "kaggle"), "kernels", "push", "-p", f"{tmp_path}/k"],
+        [str(Path(sys.executable).parent / "kaggle"), "kernels", "push", "-p", f"{tmp_path}/k"],
         env=env,
         capture_output=True,
         text=True,
