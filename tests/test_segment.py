@@ -155,6 +155,14 @@ def test_fill_small_holes_is_strict_and_counts_edge_background():
     assert _label._fill_small_holes(mask, 5).all()
 
 
+def test_fill_holes_matches_scipy():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = rng.random((30, 41)) < rng.uniform(0.3, 0.8)
+        expected = ndi.binary_fill_holes(mask, structure=ndi.generate_binary_structure(2, 1))
+        np.testing.assert_array_equal(_label._fill_holes(mask), expected)
+
+
 def test_interior_matches_skimage_find_boundaries():
     rng = np.random.default_rng(0)
     labels = cv2.resize(
@@ -177,7 +185,7 @@ def test_grey_closing_matches_skimage(radius):
 
 def test_above_matches_float_comparison():
     values = np.arange(256, dtype=np.uint8)
-    for threshold in (0.05, 0.15, 0.22, 0.4, 102 / 255):
+    for threshold in (-0.1, 0.0, 0.05, 0.15, 0.22, 0.4, 102 / 255, 1.0):
         np.testing.assert_array_equal(_label._above(values, threshold), values / 255 > threshold)
 
 
@@ -460,8 +468,12 @@ def test_upsample_labels_exact_size_and_nearest(small, full):
     labels = rng.integers(0, 70000, small).astype(np.int32)  # ids past 16 bits survive
     out = upsample_labels(labels, full)
     assert out.shape == full and out.dtype == np.int32
-    expected = cv2.resize(labels, full[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
-    np.testing.assert_array_equal(out, expected)
+    # source pixel floor((i + 0.5) * n_src / n_out), by hand, on each axis
+    rows = np.floor((np.arange(full[0]) + 0.5) * small[0] / full[0]).astype(int)
+    cols = np.floor((np.arange(full[1]) + 0.5) * small[1] / full[1]).astype(int)
+    np.testing.assert_array_equal(out, labels[np.ix_(rows, cols)])
+    # int64 takes the index-arithmetic path: same pixels
+    np.testing.assert_array_equal(upsample_labels(labels.astype(np.int64), full), out)
 
 
 def test_upsample_integer_factor_makes_blocks():

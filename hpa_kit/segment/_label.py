@@ -32,7 +32,9 @@ def _above(channel: np.ndarray, threshold: float) -> np.ndarray:
     building a float image.
     """
     table = np.arange(256, dtype=np.float64) / 255.0 > threshold
-    return table[channel]
+    # the table is monotonic: True exactly from its first True entry on
+    first = int(np.argmax(table)) if table.any() else 256
+    return channel >= first
 
 
 def _remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
@@ -92,12 +94,24 @@ def _interior(labels: np.ndarray) -> np.ndarray:
     return keep
 
 
-def _fill_label_holes(labels: np.ndarray) -> np.ndarray:
-    """hpacellseg's per-label hole filling: cut every boundary between different labels (and
-    the background) one pixel deep on both sides, fill holes of the union, relabel 4-connected."""
-    filled = ndi.binary_fill_holes(_interior(labels), structure=_CROSS)
-    out, _ = ndi.label(filled, structure=_CROSS, output=np.int32)
-    return out
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes`` with 4-connected background, by labelling: background
+    components that do not touch the image edge are holes. Same result, faster."""
+    background, count = ndi.label(~mask, structure=_CROSS)
+    if count == 0:
+        return mask.copy()
+    outside = np.zeros(count + 1, bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        outside[edge] = True
+    outside[0] = True  # label 0 is the mask itself
+    return mask | ~outside[background]
+
+
+def _filled_interior(labels: np.ndarray) -> np.ndarray:
+    """hpacellseg's per-label hole filling, before relabelling: cut every boundary between
+    different labels (and the background) one pixel deep on both sides, fill the holes of what
+    is left. Relabel the result 4-connected to get its label image."""
+    return _fill_holes(_interior(labels))
 
 
 def _grey_closing(labels: np.ndarray, radius: int) -> np.ndarray:
@@ -176,7 +190,8 @@ def label_cells(
     if config.wrap_border_sum:
         border_sum %= 256
     table = 1.0 - np.arange(511, dtype=np.float64) / 255.0 > config.border_threshold
-    seeds = _above(nuc_fg, config.seed_threshold) & table[border_sum]
+    not_border = border_sum < (int(np.argmin(table)) if not table.all() else 511)  # monotonic
+    seeds = _above(nuc_fg, config.seed_threshold) & not_border
     seeds = _remove_small_components(seeds, sizes.min_seed_area)
     markers, _ = ndi.label(seeds, structure=_CROSS, output=np.int32)
     mask = _above(nuc_fg, config.nuclei_threshold)
@@ -194,10 +209,10 @@ def label_cells(
     cells = segmentation.watershed(relief, nuclei, mask=region).astype(np.int32, copy=False)
     cells = _remove_small_labels(cells, sizes.min_cell_area)
     cells = _grey_closing(cells, sizes.closing_radius)
-    cells = _fill_label_holes(cells)
+    cells, _ = ndi.label(_filled_interior(cells), structure=_CROSS, output=np.int32)
     grow = (cells > 0) | _above(cell_border, config.cell_border_threshold)
     cells = segmentation.watershed(relief, cells, mask=grow).astype(np.int32, copy=False)
-    cells = _relabel(_fill_label_holes(cells) > 0)
+    cells = _relabel(_filled_interior(cells))
     cells = _relabel(_remove_small_labels(cells, sizes.min_cell_area))
 
     # Final nuclei: the nucleus pixels inside cells, given the id of their cell.
@@ -212,7 +227,8 @@ def upsample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
     Output pixel ``i`` takes source pixel ``floor((i + 0.5) * n_src / n_out)`` along each axis
     (pixel centres aligned), so an integer factor ``k`` turns each source pixel into a ``k x k``
-    block. Index arithmetic, so any dtype and any label count work.
+    block. Any dtype and any label count work (OpenCV for int32 and other types it supports,
+    index arithmetic otherwise).
 
     >>> upsample_labels(np.array([[1, 2], [3, 0]], np.int32), (4, 6))
     array([[1, 1, 1, 2, 2, 2],
@@ -228,6 +244,13 @@ def upsample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     in_rows, in_cols = labels.shape
     if (in_rows, in_cols) == (out_rows, out_cols):
         return labels.copy()
+    if labels.dtype in (np.uint8, np.uint16, np.int16, np.int32, np.float32):
+        import cv2
+
+        # OpenCV's INTER_NEAREST_EXACT uses the same pixel-centre rule (a test checks it); it is
+        # several times faster than fancy indexing. (Plain INTER_NEAREST floors i * n_src / n_out
+        # instead: shifted by up to one pixel.)
+        return cv2.resize(labels, (out_cols, out_rows), interpolation=cv2.INTER_NEAREST_EXACT)
     rows = ((np.arange(out_rows) * 2 + 1) * in_rows) // (2 * out_rows)
     cols = ((np.arange(out_cols) * 2 + 1) * in_cols) // (2 * out_cols)
     return labels[rows][:, cols]

@@ -1,0 +1,161 @@
+"""Segmentation: the quarter-scale labelling trick against full-scale labelling, and timings.
+
+Maps. The networks' weights are not available here, so the full-resolution prediction maps are
+built from each real sample image and its hpacellseg mask (masks/{id}_predictedmask.png, which
+is hpacellseg's own output, so the cells have realistic shapes, sizes and contacts):
+
+- cell foreground: the mask's foreground, gaussian-smoothed (sigma 6 px) and modulated by
+  smooth multiplicative noise (0.75-1.0), x 255;
+- cell border: the lines where two cells of the mask touch, widened to 12 px and smoothed,
+  peaking near 200 (the foreground is lowered there as the network's is);
+- nuclei foreground: the classical predictor's nuclei map of the image computed at full
+  scale (logistic of the smoothed blue channel), nuclei border 0.
+
+Fidelity and speed. ``label_cells`` runs on those maps at scale 1.0 (the reference) and on the
+same maps area-resized to 0.25 (what the networks produce at the project's default scale) with
+``SegConfig(scale=0.25)``, upsampled to full size (``maps_to_labels``). Reported per image:
+time of each, speed ratio, the share of full-scale cells matched at IoU >= 0.5 by the fast
+result, and the mean IoU of matched cells.
+
+Timings. The CPU time per image of ``segment`` without the network forward: input preparation
+(``network_inputs``: area resize, reflect pad, normalise) and ``maps_to_labels`` from quarter
+maps, on the 2048 and the 3072 px samples; and the classical predictor (``classical_maps`` +
+``maps_to_labels``), with its cell F1 against the hpacellseg masks.
+
+    HPA_KIT_SAMPLES=../shared/data/hpa-samples .venv/bin/python benchmarks/bench_segment.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _touching_lines(labels: np.ndarray) -> np.ndarray:
+    out = np.zeros(labels.shape, bool)
+    for a, b, sa, sb in (
+        (labels[1:], labels[:-1], np.s_[1:], np.s_[:-1]),
+        (labels[:, 1:], labels[:, :-1], np.s_[:, 1:], np.s_[:, :-1]),
+    ):
+        diff = (a != b) & (a > 0) & (b > 0)
+        out[sa] |= diff
+        out[sb] |= diff
+    return out
+
+
+def build_maps(image: np.ndarray, mask: np.ndarray, seed: int = 0):
+    """Full-resolution (nuclei_maps, cell_maps) from an image and its cell mask (see above)."""
+    import cv2
+    from scipy import ndimage as ndi
+
+    from hpa_kit.segment import classical_maps
+
+    rng = np.random.default_rng(seed)
+    shape = mask.shape
+    noise = cv2.resize(rng.random((shape[0] // 64 + 1, shape[1] // 64 + 1)).astype(np.float32),
+                       shape[::-1], interpolation=cv2.INTER_CUBIC)  # fmt: skip
+    noise = 0.75 + 0.25 * np.clip(noise, 0, 1)
+    foreground = cv2.GaussianBlur((mask > 0).astype(np.float32), (0, 0), 6) * noise
+    lines = ndi.binary_dilation(_touching_lines(mask), iterations=6)
+    border = cv2.GaussianBlur(lines.astype(np.float32), (0, 0), 3)
+    cell_maps = np.zeros((*shape, 3), np.uint8)
+    cell_maps[..., 2] = np.clip(255 * foreground * (1 - 0.8 * border), 0, 255).astype(np.uint8)
+    cell_maps[..., 1] = np.clip(200 * border, 0, 255).astype(np.uint8)
+    nuclei_maps, _ = classical_maps(image, scale=1.0)
+    nuclei_maps[..., 1] = 0
+    return nuclei_maps, cell_maps
+
+
+def _area_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(maps, size[::-1], interpolation=cv2.INTER_AREA)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", default=os.environ.get("HPA_KIT_SAMPLES"))
+    parser.add_argument("--ids", nargs="*", default=None, help="sample ids (default: all)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats (best of)")
+    parser.add_argument("--full-repeats", type=int, default=1, help="repeats of the slow run")
+    args = parser.parse_args()
+    if not args.samples:
+        parser.error("give --samples or set HPA_KIT_SAMPLES")
+    samples = Path(args.samples)
+
+    from hpa_kit.io import list_image_ids, read_image, read_label_image
+    from hpa_kit.segment import (
+        ClassicalSegmenter,
+        SegConfig,
+        label_cells,
+        maps_to_labels,
+        match_labels,
+        reduced_shape,
+    )
+    from hpa_kit.segment.networks import network_inputs
+
+    ids = args.ids or list_image_ids(samples / "images")
+    full_cfg, quarter_cfg = SegConfig(scale=1.0), SegConfig(scale=0.25)
+
+    def best(repeats, fn, *fn_args, **fn_kwargs):
+        """Best wall time of ``repeats`` calls, and the result."""
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            result = fn(*fn_args, **fn_kwargs)
+            times.append(time.perf_counter() - t0)
+        return min(times), result
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"numpy {np.__version__}; load average before {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print()
+    print("| image | size | cells (full) | full-scale label_cells s | 0.25 + upsample s | "
+          "speed-up | matched at IoU>=0.5 | mean IoU | prep s | classical s | classical F1 | "
+          "classical mean IoU |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    totals = {"matched": 0, "cells": 0, "ious": [], "ratios": [], "tp": 0, "nt": 0, "np": 0}
+    for image_id in ids:
+        image = read_image(samples / "images", image_id)
+        mask = read_label_image(samples / "masks" / f"{image_id}_predictedmask.png")
+        shape = image.shape[:2]
+        nuc_full, cell_full = build_maps(image, mask)
+        t_full, (_, cells_full) = best(
+            args.full_repeats, label_cells, nuc_full, cell_full, full_cfg
+        )
+        small = reduced_shape(shape, 0.25)
+        nuc_q, cell_q = _area_resize(nuc_full, small), _area_resize(cell_full, small)
+        t_fast, (_, cells_fast) = best(
+            args.repeats, maps_to_labels, nuc_q, cell_q, shape=shape, config=quarter_cfg
+        )
+        m = match_labels(cells_full, cells_fast)
+        t_prep, _ = best(args.repeats, network_inputs, image, scale=0.25)
+        segmenter = ClassicalSegmenter(scale=0.25)
+        t_classical, ((_, cells_classical),) = best(args.repeats, segmenter.segment, [image])
+        c = match_labels(mask, cells_classical)
+        totals["matched"] += m.tp
+        totals["cells"] += m.n_true
+        totals["ious"].append(m.mean_iou)
+        totals["ratios"].append(t_full / t_fast)
+        totals["tp"] += c.tp
+        totals["nt"] += c.n_true
+        totals["np"] += c.n_pred
+        print(f"| {image_id[:8]} | {shape[0]}x{shape[1]} | {m.n_true} | {t_full:.2f} | "
+              f"{t_fast:.3f} | {t_full / t_fast:.0f}x | {m.tp}/{m.n_true} ({m.recall:.1%}); "
+              f"precision {m.precision:.1%} | {m.mean_iou:.3f} | {t_prep:.3f} | "
+              f"{t_classical:.2f} | {c.f1:.3f} | {c.mean_iou:.3f} |", flush=True)  # fmt: skip
+    f1 = 2 * totals["tp"] / (totals["nt"] + totals["np"])
+    print()
+    print(f"all: {totals['matched']}/{totals['cells']} full-scale cells matched "
+          f"({totals['matched'] / totals['cells']:.1%}), mean matched IoU "
+          f"{np.mean(totals['ious']):.3f}, speed-up {min(totals['ratios']):.0f}x-"
+          f"{max(totals['ratios']):.0f}x; classical predictor cell F1 {f1:.3f} "
+          f"({totals['tp']} of {totals['nt']} hpacellseg cells, {totals['np']} predicted)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
