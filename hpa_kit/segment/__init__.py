@@ -22,6 +22,7 @@ from hpa_kit.segment._config import (
     SegConfig,
     reduced_shape,
     scaled_area,
+    scaled_cut,
     scaled_radius,
 )
 from hpa_kit.segment._label import label_cells, maps_to_labels, upsample_labels
@@ -49,6 +50,7 @@ __all__ = [
     "predict_maps",
     "reduced_shape",
     "scaled_area",
+    "scaled_cut",
     "scaled_radius",
     "segment",
     "upsample_labels",

@@ -78,19 +78,29 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return measure.label(labels, background=0, connectivity=2).astype(np.int32, copy=False)
 
 
-def _interior(labels: np.ndarray) -> np.ndarray:
+def _interior(labels: np.ndarray, *, cut_background: bool = True) -> np.ndarray:
     """Pixels whose four neighbours all carry their own label.
 
     The complement of scikit-image's ``find_boundaries(labels, mode="thick")`` on labelled
-    pixels (neighbours outside the image are treated as equal, as its reflect mode does).
+    pixels (neighbours outside the image are treated as equal, as its reflect mode does). With
+    ``cut_background=False`` a background neighbour does not count: only contacts between two
+    different labels are cut, diagonal ones included (so that two cells never stay
+    8-connected across a background corner).
     """
     keep = labels > 0
-    same = labels[1:, :] == labels[:-1, :]
-    keep[1:, :] &= same
-    keep[:-1, :] &= same
-    same = labels[:, 1:] == labels[:, :-1]
-    keep[:, 1:] &= same
-    keep[:, :-1] &= same
+    pairs = [
+        (np.s_[1:, :], np.s_[:-1, :]),
+        (np.s_[:, 1:], np.s_[:, :-1]),
+    ]
+    if not cut_background:
+        pairs += [(np.s_[1:, 1:], np.s_[:-1, :-1]), (np.s_[1:, :-1], np.s_[:-1, 1:])]
+    for sa, sb in pairs:
+        a, b = labels[sa], labels[sb]
+        same = a == b
+        if not cut_background:
+            same |= (a == 0) | (b == 0)
+        keep[sa] &= same
+        keep[sb] &= same
     return keep
 
 
@@ -107,11 +117,11 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~outside[background]
 
 
-def _filled_interior(labels: np.ndarray) -> np.ndarray:
+def _filled_interior(labels: np.ndarray, *, cut_background: bool = True) -> np.ndarray:
     """hpacellseg's per-label hole filling, before relabelling: cut every boundary between
     different labels (and the background) one pixel deep on both sides, fill the holes of what
     is left. Relabel the result 4-connected to get its label image."""
-    return _fill_holes(_interior(labels))
+    return _fill_holes(_interior(labels, cut_background=cut_background))
 
 
 def _grey_closing(labels: np.ndarray, radius: int) -> np.ndarray:
@@ -164,17 +174,25 @@ def label_cells(
     counts, independent of the scikit-image version. The uint8 wrap of the border sum *is*
     reproduced unless ``config.wrap_border_sum`` is False. hpacellseg's attempt to keep cell
     border pixels out of the cell region and its clip of the distance have no effect there and
-    are not reproduced (the effective behaviour is).
+    are not reproduced (the effective behaviour is). Below scale 0.5 the hole filling does not
+    cut cells where they meet the background (``SegConfig.rim_cut``, :func:`scaled_cut`): a
+    one-pixel cut there would be four full-resolution pixels. At scale 1.0 the result is
+    hpacellseg's.
 
-    Like hpacellseg, each of the two hole-filling steps cuts one pixel off every edge a cell
-    shares with the background (the second one is not grown back), so a lone 40 x 40 square
-    comes out as 36 x 36:
+    Like hpacellseg, at full scale each of the two hole-filling steps cuts one pixel off every
+    edge a cell shares with the background (the second one is not grown back), so a lone
+    40 x 40 square comes out as 36 x 36; below scale 0.5 that cut is dropped
+    (:func:`scaled_cut`):
 
     >>> maps = np.zeros((60, 60, 3), np.uint8)
     >>> maps[10:50, 10:50, 2] = 250  # one 40 x 40 object in both maps
-    >>> nuclei, cells = label_cells(maps, maps, SegConfig(scale=0.25))
+    >>> nuclei, cells = label_cells(maps, maps, SegConfig(scale=1.0, min_seed_area=100,
+    ...     min_nucleus_area=100, min_cell_area=100))
     >>> int(cells.max()), int((cells == 1).sum()), int((nuclei == 1).sum())
     (1, 1296, 1296)
+    >>> nuclei, cells = label_cells(maps, maps, SegConfig(scale=0.25))
+    >>> int(cells.max()), int((cells == 1).sum()), int((nuclei == 1).sum())
+    (1, 1600, 1600)
     """
     _check_maps(nuclei_maps, "nuclei_maps")
     _check_maps(cell_maps, "cell_maps")
@@ -209,10 +227,13 @@ def label_cells(
     cells = segmentation.watershed(relief, nuclei, mask=region).astype(np.int32, copy=False)
     cells = _remove_small_labels(cells, sizes.min_cell_area)
     cells = _grey_closing(cells, sizes.closing_radius)
-    cells, _ = ndi.label(_filled_interior(cells), structure=_CROSS, output=np.int32)
+    cut = sizes.rim_cut > 0
+    cells, _ = ndi.label(
+        _filled_interior(cells, cut_background=cut), structure=_CROSS, output=np.int32
+    )
     grow = (cells > 0) | _above(cell_border, config.cell_border_threshold)
     cells = segmentation.watershed(relief, cells, mask=grow).astype(np.int32, copy=False)
-    cells = _relabel(_filled_interior(cells))
+    cells = _relabel(_filled_interior(cells, cut_background=cut))
     cells = _relabel(_remove_small_labels(cells, sizes.min_cell_area))
 
     # Final nuclei: the nucleus pixels inside cells, given the id of their cell.
@@ -269,10 +290,10 @@ def maps_to_labels(
     must have the size :func:`reduced_shape` gives for ``shape`` and ``config.scale``.
 
     >>> maps = np.zeros((32, 32, 3), np.uint8)
-    >>> maps[4:28, 4:28, 2] = 250  # labelled as a 20 x 20 cell (see label_cells)
+    >>> maps[4:28, 4:28, 2] = 250  # one 24 x 24 cell
     >>> nuclei, cells = maps_to_labels(maps, maps, shape=(128, 128), config=SegConfig(scale=0.25))
     >>> cells.shape, int(cells.max()), int((cells == 1).sum())
-    ((128, 128), 1, 6400)
+    ((128, 128), 1, 9216)
     """
     expected = reduced_shape(shape, config.scale)
     if nuclei_maps.shape[:2] != expected:
