@@ -11,7 +11,9 @@ is hpacellseg's own output, so the cells have realistic shapes, sizes and contac
 - nuclei foreground: the classical predictor's nuclei map of the image computed at full
   scale (logistic of the smoothed blue channel), nuclei border 0.
 
-Fidelity and speed. ``label_cells`` runs on those maps at scale 1.0 (the reference) and on the
+Fidelity and speed. ``label_cells`` runs on those maps at scale 1.0 (checked identical to
+``hpa_kit.segment._reference.reference_label_cell``, a direct scikit-image rendering of
+hpacellseg's label_cell, also timed as the baseline) and on the
 same maps area-resized to 0.25 (what the networks produce at the project's default scale) with
 ``SegConfig(scale=0.25)``, upsampled to full size (``maps_to_labels``). Reported per image:
 time of each, speed ratio, the share of full-scale cells matched at IoU >= 0.5 by the fast
@@ -97,6 +99,7 @@ def main() -> None:
         match_labels,
         reduced_shape,
     )
+    from hpa_kit.segment._reference import reference_label_cell
     from hpa_kit.segment.networks import network_inputs
 
     ids = args.ids or list_image_ids(samples / "images")
@@ -113,19 +116,22 @@ def main() -> None:
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"numpy {np.__version__}; load average before {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print()
-    print("| image | size | cells (full) | full-scale label_cells s | 0.25 + upsample s | "
-          "speed-up | matched at IoU>=0.5 | mean IoU | prep s | classical s | classical F1 | "
-          "classical mean IoU |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    totals = {"matched": 0, "cells": 0, "ious": [], "ratios": [], "tp": 0, "nt": 0, "np": 0}
+    rows_fidelity, rows_time = [], []
+    totals = {"matched": 0, "cells": 0, "ious": [], "tp": 0, "nt": 0, "np": 0}
+    ratios_ref, ratios_full = [], []
     for image_id in ids:
         image = read_image(samples / "images", image_id)
         mask = read_label_image(samples / "masks" / f"{image_id}_predictedmask.png")
         shape = image.shape[:2]
         nuc_full, cell_full = build_maps(image, mask)
-        t_full, (_, cells_full) = best(
+        t_ref, (ref_nuclei, ref_cells) = best(
+            args.full_repeats, reference_label_cell, nuc_full, cell_full
+        )
+        t_full, (nuclei_full, cells_full) = best(
             args.full_repeats, label_cells, nuc_full, cell_full, full_cfg
+        )
+        identical = np.array_equal(ref_cells, cells_full) and np.array_equal(
+            ref_nuclei, nuclei_full
         )
         small = reduced_shape(shape, 0.25)
         nuc_q, cell_q = _area_resize(nuc_full, small), _area_resize(cell_full, small)
@@ -140,21 +146,49 @@ def main() -> None:
         totals["matched"] += m.tp
         totals["cells"] += m.n_true
         totals["ious"].append(m.mean_iou)
-        totals["ratios"].append(t_full / t_fast)
         totals["tp"] += c.tp
         totals["nt"] += c.n_true
         totals["np"] += c.n_pred
-        print(f"| {image_id[:8]} | {shape[0]}x{shape[1]} | {m.n_true} | {t_full:.2f} | "
-              f"{t_fast:.3f} | {t_full / t_fast:.0f}x | {m.tp}/{m.n_true} ({m.recall:.1%}); "
-              f"precision {m.precision:.1%} | {m.mean_iou:.3f} | {t_prep:.3f} | "
-              f"{t_classical:.2f} | {c.f1:.3f} | {c.mean_iou:.3f} |", flush=True)  # fmt: skip
+        ratios_ref.append(t_ref / t_fast)
+        ratios_full.append(t_full / t_fast)
+        name = f"{image_id[:8]} | {shape[0]}x{shape[1]}"
+        rows_fidelity.append(
+            f"| {name} | {m.n_true} | {t_ref:.2f} | {t_full:.2f} | {'yes' if identical else 'NO'} "
+            f"| {t_fast:.3f} | {t_ref / t_fast:.0f}x | {t_full / t_fast:.0f}x | "
+            f"{m.tp}/{m.n_true} ({m.recall:.0%}), precision {m.precision:.0%} | {m.mean_iou:.3f} |"
+        )
+        rows_time.append(
+            f"| {name} | {t_prep:.3f} | {t_fast:.3f} | {t_prep + t_fast:.3f} | {t_classical:.2f} "
+            f"| {c.tp}/{c.n_true} true, {c.n_pred} predicted | {c.f1:.3f} | {c.mean_iou:.3f} |"
+        )
+        print(rows_fidelity[-1], flush=True)
+
+    print()
+    print("Quarter-scale labelling vs full scale (wall seconds; reference = the scikit-image "
+          "rendering of hpacellseg's label_cell, hpa_kit.segment._reference):")  # fmt: skip
+    print()
+    print("| image | size | cells at 1.0 | reference 1.0 s | label_cells 1.0 s | identical | "
+          "0.25 + upsample s | speed-up vs reference | vs label_cells 1.0 | matched IoU>=0.5 "
+          "| mean IoU |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows_fidelity))
+    print()
+    print("Per-image CPU work of segment() without the network forward (prep = area resize, "
+          "pad, normalise; labels = maps_to_labels at 0.25), and the classical predictor "
+          "(classical_maps + maps_to_labels) against the hpacellseg masks:")  # fmt: skip
+    print()
+    print("| image | size | prep s | labels s | total s | classical s | classical matches | "
+          "classical F1 | classical mean IoU |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows_time))
     f1 = 2 * totals["tp"] / (totals["nt"] + totals["np"])
     print()
     print(f"all: {totals['matched']}/{totals['cells']} full-scale cells matched "
           f"({totals['matched'] / totals['cells']:.1%}), mean matched IoU "
-          f"{np.mean(totals['ious']):.3f}, speed-up {min(totals['ratios']):.0f}x-"
-          f"{max(totals['ratios']):.0f}x; classical predictor cell F1 {f1:.3f} "
-          f"({totals['tp']} of {totals['nt']} hpacellseg cells, {totals['np']} predicted)")  # fmt: skip
+          f"{np.mean(totals['ious']):.3f}; speed-up {min(ratios_ref):.0f}x-{max(ratios_ref):.0f}x "
+          f"vs the reference, {min(ratios_full):.0f}x-{max(ratios_full):.0f}x vs label_cells at "
+          f"1.0; classical predictor cell F1 {f1:.3f} ({totals['tp']} of {totals['nt']} "
+          f"hpacellseg cells, {totals['np']} predicted)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
-from skimage import filters, measure, morphology, segmentation
+from skimage import filters, morphology, segmentation
 
 from hpa_kit.segment import (
     ClassicalSegmenter,
@@ -25,6 +25,7 @@ from hpa_kit.segment import (
     segment,
     upsample_labels,
 )
+from hpa_kit.segment._reference import reference_label_cell
 
 FG = 200  # foreground probability 200/255 = 0.78: above every threshold
 FULL, QUARTER = SegConfig(scale=1.0), SegConfig(scale=0.25)
@@ -410,39 +411,6 @@ def test_empty_and_bad_maps():
 # --- parity with a direct scikit-image rendering of hpacellseg's label_cell ------------------
 
 
-def _reference_label_cell(nuc, cell):
-    """REFERENCE.md's label_cell written with scikit-image's own primitives (0.26 API: the
-    strict "< N" of the package is max_size=N-1), int labels throughout, uint8 border sum."""
-
-    def small_objects(x, n):
-        return morphology.remove_small_objects(x, max_size=n - 1)
-
-    def fill_holes(labels):
-        cut = labels * ~segmentation.find_boundaries(labels)
-        return ndi.label(ndi.binary_fill_holes(cut > 0))[0]
-
-    not_border = 1 - (nuc[..., 1] + cell[..., 1]).astype(np.uint8) / 255.0 > 0.05
-    seeds = small_objects((nuc[..., 2] / 255.0) * not_border > 0.15, 500)
-    mask = nuc[..., 2] / 255.0 > 0.4
-    mask = morphology.remove_small_holes(mask, max_size=999)
-    mask = small_objects(mask, 8)
-    nuclei = segmentation.watershed(
-        mask.astype(np.uint8), ndi.label(seeds)[0], mask=mask, watershed_line=True
-    )
-    nuclei = measure.label(small_objects(nuclei, 2500))
-    level = max(0.22, filters.threshold_otsu(cell[..., 2] / 255) * 0.5)
-    relief = -cell[..., 2].astype(np.float64)
-    cells = segmentation.watershed(relief, nuclei, mask=cell[..., 2] / 255 > level)
-    cells = small_objects(cells, 5500)
-    cells = fill_holes(morphology.closing(cells, morphology.disk(6)))
-    cells = segmentation.watershed(relief, cells, mask=(cells > 0) | (cell[..., 1] / 255 > 0.05))
-    cells = measure.label(fill_holes(cells) > 0)
-    cells = measure.label(small_objects(cells, 5500))
-    inside = measure.label((cells > 0) & (nuclei > 0))
-    inside = small_objects(inside, 2500)
-    return cells * (inside > 0), cells
-
-
 def _random_scene(seed, shape=(360, 360)):
     """Noisy maps of a 3 x 3 jittered grid of cells: nuclei of ~3000-4000 px, cells that touch
     their neighbours, a border channel along the lines where neighbouring cells meet, some
@@ -477,7 +445,7 @@ def _random_scene(seed, shape=(360, 360)):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_label_cells_matches_skimage_reference_at_full_scale(seed):
     nuc, cell = _random_scene(seed)
-    expected_nuclei, expected_cells = _reference_label_cell(nuc, cell)
+    expected_nuclei, expected_cells = reference_label_cell(nuc, cell)
     assert expected_cells.max() >= 5 and expected_nuclei.max() >= 5  # not a trivial scene
     nuclei, cells = label_cells(nuc, cell, FULL)
     np.testing.assert_array_equal(cells, expected_cells)
