@@ -12,9 +12,22 @@ Data contract
   ``SegConfig.sizes()`` derives them for the scale of the maps.
 
 Two producers of maps: the HPA networks (:func:`predict_maps`, torch imported lazily) and a
-weights-free :func:`classical_maps`. Both feed :func:`label_cells` unchanged. The segmenter
+weights-free :func:`classical_maps`. Both feed :func:`label_cells` unchanged;
+:func:`maps_to_labels` labels at the maps' scale and upsamples to the image size. The segmenter
 objects split the work the way a predictor needs it: ``.maps(images)`` on the main process
-(GPU), ``.labels(nuclei_maps, cell_maps, shape)`` in CPU workers.
+(GPU), ``.labels(nuclei_maps, cell_maps, shape)`` in CPU workers (or send ``.config`` to the
+workers and call :func:`maps_to_labels` there). :func:`match_labels` measures a segmentation
+against a reference (precision, recall, F1 at an IoU threshold, mean matched IoU).
+
+>>> from hpa_kit.segment import ClassicalSegmenter
+>>> import numpy as np
+>>> image = np.zeros((512, 512, 4), np.uint8)
+>>> rows, cols = np.ogrid[:512, :512]
+>>> image[..., 0][(rows - 256) ** 2 + (cols - 256) ** 2 < 150**2] = 60  # cell body (red)
+>>> image[..., 2][(rows - 256) ** 2 + (cols - 256) ** 2 < 50**2] = 200  # nucleus (blue)
+>>> (nuclei, cells), = ClassicalSegmenter(scale=0.25).segment([image])
+>>> cells.shape, cells.dtype.name, int(cells.max()), int(cells[256, 256]), int(nuclei[256, 256])
+((512, 512), 'int32', 1, 1, 1)
 """
 
 from hpa_kit.segment._config import (
@@ -27,8 +40,8 @@ from hpa_kit.segment._config import (
 )
 from hpa_kit.segment._label import label_cells, maps_to_labels, upsample_labels
 from hpa_kit.segment._match import Matching, match_labels
-from hpa_kit.segment._segmenter import ClassicalSegmenter, NetworkSegmenter, segment
-from hpa_kit.segment.classical import classical_maps
+from hpa_kit.segment._segmenter import ClassicalSegmenter, NetworkSegmenter, Segmenter, segment
+from hpa_kit.segment.classical import ClassicalConfig, classical_maps
 from hpa_kit.segment.networks import (
     WEIGHT_FILES,
     load_segmentation_models,
@@ -37,11 +50,13 @@ from hpa_kit.segment.networks import (
 
 __all__ = [
     "WEIGHT_FILES",
+    "ClassicalConfig",
     "ClassicalSegmenter",
     "Matching",
     "NetworkSegmenter",
     "ScaledSizes",
     "SegConfig",
+    "Segmenter",
     "classical_maps",
     "label_cells",
     "load_segmentation_models",
