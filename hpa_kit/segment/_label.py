@@ -26,10 +26,10 @@ def _check_maps(maps: np.ndarray, name: str) -> None:
 
 
 def _above(channel: np.ndarray, threshold: float) -> np.ndarray:
-    """``channel / 255 > threshold`` for a uint8 channel, through a 256-entry table.
+    """``channel / 255 > threshold`` for a uint8 channel, without building a float image.
 
-    Identical to the float expression hpacellseg evaluates, value for value, but without
-    building a float image.
+    The float expression hpacellseg evaluates is tabulated for the 256 values; it is monotonic,
+    so it equals ``channel >= first value where it holds`` (a test checks the equality).
     """
     table = np.arange(256, dtype=np.float64) / 255.0 > threshold
     # the table is monotonic: True exactly from its first True entry on
@@ -174,15 +174,14 @@ def label_cells(
     counts, independent of the scikit-image version. The uint8 wrap of the border sum *is*
     reproduced unless ``config.wrap_border_sum`` is False. hpacellseg's attempt to keep cell
     border pixels out of the cell region and its clip of the distance have no effect there and
-    are not reproduced (the effective behaviour is). Below scale 0.5 the hole filling does not
-    cut cells where they meet the background (``SegConfig.rim_cut``, :func:`scaled_cut`): a
-    one-pixel cut there would be four full-resolution pixels. At scale 1.0 the result is
-    hpacellseg's.
+    are not reproduced (the effective behaviour is). At scale 1.0 the result is hpacellseg's
+    (a test checks it pixel for pixel against a scikit-image rendering of label_cell).
 
-    Like hpacellseg, at full scale each of the two hole-filling steps cuts one pixel off every
-    edge a cell shares with the background (the second one is not grown back), so a lone
-    40 x 40 square comes out as 36 x 36; below scale 0.5 that cut is dropped
-    (:func:`scaled_cut`):
+    Scale: like hpacellseg, at full scale each of the two hole-filling steps cuts one pixel off
+    every edge a cell shares with the background (the second one is not grown back), so a lone
+    40 x 40 square comes out as 36 x 36. Below scale 0.5 that cut is dropped
+    (``SegConfig.rim_cut``, :func:`scaled_cut`): at 0.25 one pixel is four full-resolution
+    pixels; contacts between two cells are still cut (diagonal ones too):
 
     >>> maps = np.zeros((60, 60, 3), np.uint8)
     >>> maps[10:50, 10:50, 2] = 250  # one 40 x 40 object in both maps
