@@ -101,3 +101,20 @@ def test_synthetic_images():
     _, cells = label_cells(nuclei_maps, cell_maps, SegConfig(scale=0.25))
     m = match_labels(s.cell_labels, upsample_labels(cells, s.image.shape[:2]))
     assert m.f1 >= 0.8 and m.mean_iou >= 0.8, m  # measured F1 0.86, mean IoU 0.86
+
+
+@pytest.mark.parametrize("shape", [(1728, 1728), (3072, 3072), (1730, 2049)])
+def test_competition_sizes_round_trip(shape):
+    """Maps at a quarter of any size (432, 768, 433 x 512 px), labels back at the exact size."""
+    center = (shape[0] // 2, shape[1] // 2)
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    distance = np.hypot(rows - center[0], cols - center[1])
+    image = np.full((*shape, 4), 2, np.uint8)
+    image[..., 0][distance < 300] = 60
+    image[..., 2][distance < 110] = 200
+    ((nuclei, cells),) = ClassicalSegmenter(scale=0.25).segment([image])
+    assert cells.shape == nuclei.shape == shape and cells.dtype == np.int32
+    assert cells.max() == 1 and nuclei[center] == cells[center] == 1
+    assert (
+        abs(int((cells == 1).sum()) - int((distance < 300).sum())) < 0.15 * (distance < 300).sum()
+    )
