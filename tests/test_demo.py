@@ -1,0 +1,275 @@
+"""hpa_kit.demo: scale-aware segmentation, weak-label crops, baselines, and a reduced demo."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_kit.demo import (
+    MARKER,
+    DemoConfig,
+    ScaledClassicalSegmenter,
+    _prepare_out,
+    baseline_predictions,
+    quick_config,
+    scaled_seg_config,
+    segmentation_f1,
+    submission_cells,
+    write_cell_crops,
+)
+from hpa_kit.io import write_label_image
+from hpa_kit.rle import empty_mask_string, encode_label_image
+from hpa_kit.segment import ClassicalSegmenter, SegConfig, match_labels
+from hpa_kit.submission import format_prediction_string
+from hpa_kit.synth import SynthConfig, generate_image, write_dataset
+
+# ---------------------------------------------------------------- scale
+
+
+def test_scaled_seg_config_divides_areas_and_radius():
+    cfg = scaled_seg_config(4.0, scale=0.5)
+    assert cfg.scale == 0.5
+    # 500 / 16 = 31.25 -> 32 (strictly-smaller-than stays faithful: round up)
+    assert (cfg.min_seed_area, cfg.max_hole_area, cfg.min_mask_area) == (32, 63, 1)
+    assert (cfg.min_nucleus_area, cfg.min_cell_area, cfg.closing_radius) == (157, 344, 2)
+    # thresholds are unchanged
+    assert cfg.nuclei_threshold == SegConfig().nuclei_threshold
+    assert scaled_seg_config(1.0, scale=0.25) == SegConfig(scale=0.25)
+    # exact division: 5500 / 2**2 = 1375, not 1376
+    assert scaled_seg_config(2.0, scale=1.0).min_cell_area == 1375
+    # the closing radius never drops to 0
+    assert scaled_seg_config(100.0, scale=1.0).closing_radius == 1
+
+
+@pytest.mark.parametrize("pixel_size", [0.0, -1.0])
+def test_scaled_seg_config_rejects_bad_pixel_size(pixel_size):
+    with pytest.raises(ValueError, match="pixel_size"):
+        scaled_seg_config(pixel_size, scale=0.5)
+
+
+def test_scaled_segmenter_finds_synthetic_cells_the_default_misses():
+    synth = generate_image(size=320, seed=3)
+    scaled = ScaledClassicalSegmenter(1.0, pixel_size=2048 / 320)
+    _, cells = scaled.segment([synth.image])[0]
+    match = match_labels(synth.cell_labels, cells, threshold=0.6)
+    assert cells.dtype == np.int32 and cells.shape == synth.cell_labels.shape
+    assert match.f1 > 0.7, match
+    # the unscaled defaults are for 2048 px HPA images: no synthetic cell is big enough
+    _, default_cells = ClassicalSegmenter(1.0).segment([synth.image])[0]
+    assert match_labels(synth.cell_labels, default_cells, threshold=0.6).tp == 0
+
+
+def test_scaled_segmenter_is_picklable_and_describes_itself():
+    import pickle
+
+    seg = ScaledClassicalSegmenter(0.5, pixel_size=4.0)
+    back = pickle.loads(pickle.dumps(seg))
+    assert back.config == seg.config and back.pixel_size == 4.0
+    assert repr(back) == "ScaledClassicalSegmenter(scale=0.5, pixel_size=4.0)"
+    assert math.isclose(back.classical.smooth_sigma, 2.0)
+
+
+# ---------------------------------------------------------------- submission helpers
+
+
+def test_submission_cells_groups_triplets_by_mask_in_order():
+    masks, probs = submission_cells("3 0.25 BB 0 0.5 AA 5 1 BB")
+    assert masks == ["BB", "AA"]
+    assert probs.shape == (2, 19) and probs.dtype == np.float32
+    assert probs[0, 3] == 0.25 and probs[0, 5] == 1.0 and probs[1, 0] == 0.5
+    assert probs.sum() == pytest.approx(1.75)
+    assert submission_cells("")[0] == []
+
+
+def test_baseline_gives_every_cell_the_image_confidences():
+    image_probs = np.zeros(19)
+    image_probs[[2, 7]] = [0.75, 0.5]
+    text = baseline_predictions("0 0.9 AA 4 0.1 AA 2 0.3 BB", image_probs)
+    assert text == "2 0.75 AA 7 0.5 AA 2 0.75 BB 7 0.5 BB"
+
+
+def test_segmentation_f1_against_true_label_images(tmp_path):
+    truth = np.zeros((8, 10), np.int32)
+    truth[0:4, 0:4] = 1
+    truth[5:8, 6:10] = 2
+    write_label_image(tmp_path / "img_cells.png", truth)
+    found = np.zeros_like(truth)
+    found[0:4, 0:4] = 1  # exact
+    found[0:2, 6:9] = 2  # a cell that is not there
+    masks = encode_label_image(found)
+    text = format_prediction_string([(0, 0.5, masks[1]), (0, 0.5, masks[2])])
+    sub = pd.DataFrame(
+        {"ID": ["img"], "ImageWidth": [10], "ImageHeight": [8], "PredictionString": [text]}
+    )
+    result = segmentation_f1(sub, tmp_path)
+    assert (result["tp"], result["n_true"], result["n_pred"]) == (1, 2, 2)
+    assert result["f1"] == 0.5 and result["mean_iou"] == 1.0
+    # a placeholder row counts as no cell found
+    sub.loc[0, "PredictionString"] = f"0 1 {empty_mask_string(8, 10)}"
+    result = segmentation_f1(sub, tmp_path)
+    assert (result["tp"], result["n_pred"], result["f1"]) == (0, 0, 0.0)
+
+
+# ---------------------------------------------------------------- weak labels
+
+
+def test_cell_crops_carry_their_image_labels_and_fold(tmp_path):
+    data = write_dataset(tmp_path / "data", n=2, size=256, seed=4, config=SynthConfig(cells=(4, 6)))
+    table = pd.read_csv(data.train_csv, dtype={"ID": str}).assign(fold=[0, 1])
+    table.loc[len(table)] = {"ID": "missing", "Label": "0", "fold": 0}
+    seg = ScaledClassicalSegmenter(0.5, pixel_size=2048 / 256)
+    crops, failures = write_cell_crops(
+        data.out / "images", table, tmp_path / "crops", segmenter=seg, size=24
+    )
+    assert list(failures) == ["missing"] and "MissingChannelError" in failures["missing"]
+    assert len(crops) >= 4 and list(crops.columns) == ["ID", "Label", "image", "fold"]
+    labels = dict(zip(table["ID"], table["Label"], strict=True))
+    folds = dict(zip(table["ID"], table["fold"], strict=True))
+    for row in crops.itertuples(index=False):
+        assert row.Label == labels[row.image] and row.fold == folds[row.image]
+        for color in ("red", "green", "blue"):
+            assert (tmp_path / "crops" / f"{row.ID}_{color}.png").is_file()
+        assert not (tmp_path / "crops" / f"{row.ID}_yellow.png").exists()
+
+
+# ---------------------------------------------------------------- config and output folder
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"n_train": 0}, "n_train"),
+        ({"epochs": True}, "epochs"),
+        ({"n_folds": 1}, "n_folds"),
+        ({"size": 32}, "size"),
+        ({"seg_scale": 0}, "seg_scale"),
+        ({"channels": ("green", "purple")}, "channels"),
+        ({"tta": "all"}, "TTA"),
+    ],
+)
+def test_config_rejects_bad_values(changes, match):
+    with pytest.raises(ValueError, match=match):
+        DemoConfig(**changes)
+
+
+def test_config_pixel_size_and_dict():
+    cfg = DemoConfig(size=512)
+    assert cfg.pixel_size == 4.0
+    data = cfg.to_dict()
+    assert data["pixel_size"] == 4.0
+    assert tuple(data["synth"]["cells"]) == SynthConfig().cells
+    assert json.loads(json.dumps(data, default=str))["size"] == 512
+
+
+def test_output_folder_rules(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        _prepare_out(foreign)
+    assert (foreign / "keep.txt").is_file()
+    demo = tmp_path / "demo"
+    _prepare_out(demo)
+    assert (demo / MARKER).is_file()
+    (demo / "submission.csv").write_text("old")
+    (demo / "model").mkdir()
+    (demo / "notes.txt").write_text("mine")
+    _prepare_out(demo)  # a rerun removes the demo's outputs only
+    assert not (demo / "submission.csv").exists() and not (demo / "model").exists()
+    assert (demo / "notes.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- the reduced demo
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    from hpa_kit.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    code = main(["demo", "--out", str(out), "--quick", "--no-progress"])
+    return code, out
+
+
+def test_quick_demo_exits_zero_with_valid_submission(quick_run):
+    from hpa_kit.submission import read_sample, validate_submission
+
+    code, out = quick_run
+    assert code == 0
+    sample = read_sample(out / "test" / "sample_submission.csv")
+    for name in ("submission.csv", "baseline.csv", "baseline_cell_mean.csv"):
+        report = validate_submission(out / name, sample)
+        assert report.ok, report.summary()
+
+
+def test_quick_demo_scores_and_summary(quick_run):
+    from hpa_kit.metric import score_submission
+
+    _, out = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("map", "baseline_map", "baseline_cell_mean_map"):
+        assert 0.0 <= summary[key] <= 1.0
+    # the summary's numbers are the metric's on the files written
+    again = score_submission(out / "submission.csv", out / "test" / "truth.csv")
+    assert again.map == pytest.approx(summary["map"])
+    again = score_submission(out / "baseline.csv", out / "test" / "truth.csv")
+    assert again.map == pytest.approx(summary["baseline_map"])
+    assert summary["submission_valid"] is True
+    assert summary["counts"]["test_images"] == quick_config().n_test
+    assert summary["counts"]["test_cells_found"] > 0
+    assert 0.0 < summary["segmentation"]["f1"] <= 1.0
+    stages = {"synth", "crops", "train", "predict", "baseline", "score", "overlays", "total"}
+    assert set(summary["seconds"]) == stages
+    assert summary["tta"] == "none"
+
+
+def test_quick_demo_outputs_exist_and_training_saw_image_labels_only(quick_run):
+    from hpa_kit.model import read_config
+
+    _, out = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert Path(summary["paths"]["checkpoint"], "model.pt").is_file()
+    config = read_config(summary["paths"]["checkpoint"])
+    assert config.input_size == quick_config().input_size
+    overlays = summary["paths"]["overlay_files"]
+    assert len(overlays) == quick_config().overlays
+    for path in overlays:
+        assert Path(path).is_file() and Path(path).stat().st_size > 0
+    # every training crop is labelled with its image's train.csv label
+    crops = pd.read_csv(out / "crops" / "crops.csv", dtype={"ID": str, "image": str})
+    train = pd.read_csv(out / "train" / "train.csv", dtype={"ID": str}).set_index("ID")
+    assert len(crops) == summary["counts"]["train_crops"] > 0
+    assert (crops["Label"].to_numpy() == train.loc[crops["image"], "Label"].to_numpy()).all()
+
+
+def test_cli_help_states_the_config_defaults():
+    from hpa_kit.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["demo"]
+    text = " ".join(sub.format_help().split())
+    cfg = DemoConfig()
+    for phrase in (
+        f"training images (default {cfg.n_train})",
+        f"test images (default {cfg.n_test})",
+        f"training epochs (default {cfg.epochs})",
+        f"TTA set (default {cfg.tta})",
+        f"base seed (default {cfg.seed})",
+    ):
+        assert phrase in text
+
+
+def test_quick_demo_is_deterministic(quick_run, tmp_path):
+    from hpa_kit.demo import run_demo
+
+    _, first = quick_run
+    second = run_demo(tmp_path / "again", quick_config(), log=lambda *_: None)
+    for name in ("submission.csv", "baseline.csv", "baseline_cell_mean.csv"):
+        assert (first / name).read_bytes() == (second.out / name).read_bytes(), name
+    summary = json.loads((first / "summary.json").read_text())
+    assert second.map == summary["map"] and second.baseline_map == summary["baseline_map"]
