@@ -230,8 +230,9 @@ def scaled_seg_config(pixel_size: float, *, scale: float) -> SegConfig:
     full-resolution HPA pixels across (4.0 for a 512 px image standing for a 2048 px one).
 
     SegConfig's areas are in full-resolution pixels: they are divided by ``pixel_size ** 2``
-    (rounded up, keeping "strictly smaller than" faithful) and the closing radius by
-    ``pixel_size`` (rounded up, at least 1); ``SegConfig.sizes()`` then applies ``scale``.
+    (rounded up, keeping "strictly smaller than" faithful), the closing radius by
+    ``pixel_size`` (rounded up, at least 1) and the one-pixel rim cut by ``pixel_size``
+    (rounded half up: dropped past 2 px); ``SegConfig.sizes()`` then applies ``scale``.
 
     >>> cfg = scaled_seg_config(4.0, scale=0.5)
     >>> cfg.min_cell_area, cfg.min_nucleus_area, cfg.closing_radius, cfg.sizes().min_cell_area
@@ -248,6 +249,8 @@ def scaled_seg_config(pixel_size: float, *, scale: float) -> SegConfig:
     radius = base.closing_radius
     if radius > 0:
         radius = max(1, math.ceil(round(radius / pixel_size, 9)))
+    if hasattr(base, "rim_cut"):  # a 1 px cut, rounded half up as SegConfig rounds it
+        areas["rim_cut"] = int(math.floor(round(base.rim_cut / pixel_size, 9) + 0.5))
     return dataclasses.replace(base, closing_radius=radius, **areas)
 
 
@@ -376,7 +379,8 @@ def submission_cells(prediction: str) -> tuple[list[str], np.ndarray]:
     return list(order), probs
 
 
-def _is_placeholder(masks: list[str], probs: np.ndarray, shape: tuple[int, int]) -> bool:
+def _is_placeholder(masks: list[str], shape: tuple[int, int]) -> bool:
+    """True for the placeholder row (one empty mask: no cell found)."""
     from hpa_kit.rle import empty_mask_string
 
     return len(masks) == 1 and masks[0] == empty_mask_string(*shape)
@@ -422,7 +426,7 @@ def segmentation_f1(
         shape = (int(row.ImageHeight), int(row.ImageWidth))
         truth = read_label_image(Path(masks_dir) / f"{row.ID}_cells.png")
         masks, probs = submission_cells(row.PredictionString)
-        if _is_placeholder(masks, probs, shape):
+        if _is_placeholder(masks, shape):
             masks = []
         match = match_labels(truth, _labels_from_masks(masks, shape), threshold=threshold)
         tp += match.tp
@@ -474,6 +478,24 @@ class _Stages:
         log(f"[demo] {name}: {self.seconds[name]:.1f} s")
 
 
+@contextmanager
+def _tqdm_disabled(disabled: bool) -> Iterator[None]:
+    """Silence tqdm bars of callees that have no progress switch (``TQDM_DISABLE``, read by
+    tqdm >= 4.66 when a bar is created); the variable is restored afterwards."""
+    if not disabled:
+        yield
+        return
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"demo output {out} exists and is not a folder")
@@ -516,7 +538,7 @@ def _write_overlays(out_dir, images_dir, truth_df, sub_df, ids) -> list[Path]:
         image = read_image(images_dir, image_id, channels=CHANNELS)
         shape = image.shape[:2]
         masks, probs = submission_cells(rows.loc[image_id, "PredictionString"])
-        if _is_placeholder(masks, probs, shape):
+        if _is_placeholder(masks, shape):
             masks, probs = [], probs[:0]
         labels = _labels_from_masks(masks, shape)
         left = overlay(image, labels, probs={c + 1: p for c, p in enumerate(probs)}, top_k=2)
@@ -590,7 +612,7 @@ def _run_demo(out: Path, config: DemoConfig, log) -> DemoResult:
     segmenter = ScaledClassicalSegmenter(config.seg_scale, pixel_size=config.pixel_size)
     problems: dict[str, dict[str, str]] = {}
 
-    with stage("synth", log):
+    with stage("synth", log), _tqdm_disabled(not config.progress):
         kwargs = {"size": config.size, "config": config.synth}
         train_set = write_dataset(
             paths["train"], n=config.n_train, seed=config.seed, id_prefix="train", **kwargs
@@ -679,7 +701,7 @@ def _run_demo(out: Path, config: DemoConfig, log) -> DemoResult:
         whole, cell_mean = {}, {}
         for row in sub_df.itertuples(index=False):
             masks, probs = submission_cells(row.PredictionString)
-            if _is_placeholder(masks, probs, (int(row.ImageHeight), int(row.ImageWidth))):
+            if _is_placeholder(masks, (int(row.ImageHeight), int(row.ImageWidth))):
                 whole[row.ID] = cell_mean[row.ID] = row.PredictionString
                 continue
             whole[row.ID] = baseline_predictions(row.PredictionString, image_probs[row.ID])
@@ -763,6 +785,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"  {'mAP, baseline: whole-image confidence per cell':<52} {summary['baseline_map']:.4f}",
         f"  {'mAP, baseline: mean cell confidence per image':<52} "
         f"{summary['baseline_cell_mean_map']:.4f}",
+        f"  {'per-cell gain over the better baseline':<52} "
+        f"{summary['map'] - max(summary['baseline_map'], summary['baseline_cell_mean_map']):+.4f}",
         f"  {'segmentation F1 vs truth (IoU >= 0.6)':<52} {seg['f1']:.4f}  "
         f"({seg['tp']} of {seg['n_true']} true cells matched, {seg['n_pred']} found, "
         f"mean IoU {seg['mean_iou']:.3f})",

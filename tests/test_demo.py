@@ -42,6 +42,9 @@ def test_scaled_seg_config_divides_areas_and_radius():
     assert scaled_seg_config(1.0, scale=0.25) == SegConfig(scale=0.25)
     # exact division: 5500 / 2**2 = 1375, not 1376
     assert scaled_seg_config(2.0, scale=1.0).min_cell_area == 1375
+    # the one-pixel rim cut is kept up to 2 image px per HPA px, dropped beyond
+    assert scaled_seg_config(2.0, scale=1.0).rim_cut == 1
+    assert scaled_seg_config(2.5, scale=1.0).rim_cut == 0
     # the closing radius never drops to 0
     assert scaled_seg_config(100.0, scale=1.0).closing_radius == 1
 
