@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
-from skimage import filters, morphology, segmentation
+from skimage import filters, measure, morphology, segmentation
 
 from hpa_kit.segment import (
     ClassicalSegmenter,
@@ -217,6 +217,56 @@ def test_above_matches_float_comparison():
     values = np.arange(256, dtype=np.uint8)
     for threshold in (-0.1, 0.0, 0.05, 0.15, 0.22, 0.4, 102 / 255, 1.0):
         np.testing.assert_array_equal(_label._above(values, threshold), values / 255 > threshold)
+
+
+def _random_channels():
+    rng = np.random.default_rng(7)
+    yield np.full((5, 6), 77, np.uint8)  # one value: skimage returns it
+    yield np.array([[0, 255], [255, 255]], np.uint8)  # two values, the full range
+    yield np.array([[100, 101, 101], [140, 100, 120]], np.uint8)  # narrow range, empty bins
+    yield rng.integers(0, 256, (37, 53)).astype(np.uint8)
+    yield rng.integers(30, 90, (64, 64)).astype(np.uint8)
+    smooth = ndi.gaussian_filter(rng.random((96, 80)), 4)
+    yield np.clip(255 * (smooth - smooth.min()) / np.ptp(smooth), 0, 255).astype(np.uint8)
+    bimodal = np.where(rng.random((50, 70)) < 0.3, rng.normal(200, 20, (50, 70)), 5)
+    yield np.clip(bimodal, 0, 255).astype(np.uint8)
+
+
+def test_otsu_of_fraction_is_skimage_otsu_bit_for_bit():
+    for channel in _random_channels():
+        expected = filters.threshold_otsu(channel / 255.0)
+        got = _label._otsu_of_fraction(channel)
+        assert isinstance(got, float) and got == float(expected), (channel.min(), channel.max())
+    assert _label._otsu_of_fraction(np.full((3, 3), 51, np.uint8)) == 51 / 255.0
+
+
+def test_drop_small_components_is_relabelling_after_removal():
+    components = np.array([[1, 1, 0, 2], [0, 0, 0, 0], [3, 3, 3, 0]], np.int32)
+    np.testing.assert_array_equal(
+        _label._drop_small_components(components, 2), [[1, 1, 0, 0], [0, 0, 0, 0], [2, 2, 2, 0]]
+    )
+    assert _label._drop_small_components(components, 1) is components  # nothing removed
+    rng = np.random.default_rng(3)
+    for i in range(30):
+        mask = ndi.gaussian_filter(rng.random((47, 61)), rng.uniform(0.7, 2)) > 0.5
+        for structure in (ndi.generate_binary_structure(2, 1), np.ones((3, 3), bool)):
+            components, _ = ndi.label(mask, structure=structure, output=np.int32)
+            min_area = int(rng.integers(1, 12))
+            kept = _label._remove_small_labels(components, min_area) > 0
+            expected, _ = ndi.label(kept, structure=structure, output=np.int32)
+            np.testing.assert_array_equal(
+                _label._drop_small_components(components, min_area), expected, err_msg=str(i)
+            )
+
+
+def test_relabel_of_a_mask_matches_measure_label():
+    rng = np.random.default_rng(4)
+    for _ in range(30):
+        mask = ndi.gaussian_filter(rng.random((40, 57)), rng.uniform(0.5, 2)) > 0.5
+        expected = measure.label(mask, background=0, connectivity=2)
+        got = _label._relabel(mask)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, expected)
 
 
 # --- label_cells: each size threshold at its boundary ----------------------------------------
