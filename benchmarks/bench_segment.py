@@ -24,6 +24,12 @@ Timings. The CPU time per image of ``segment`` without the network forward: inpu
 maps, on the 2048 and the 3072 px samples; and the classical predictor (``classical_maps`` +
 ``maps_to_labels``), with its cell F1 against the hpacellseg masks.
 
+Where the time goes. During the ``label_cells`` / ``maps_to_labels`` runs the three
+``skimage.segmentation.watershed`` calls are clocked (a thin wrapper, one ``perf_counter`` pair
+per call): their full/quarter ratio bounds the ratio of the whole, since a sum of parts is never
+faster-scaling than its fastest-scaling part, and the watersheds must stay scikit-image's own
+for label_cells to equal the reference at scale 1.0.
+
     HPA_KIT_SAMPLES=../shared/data/hpa-samples .venv/bin/python benchmarks/bench_segment.py
 """
 
@@ -33,6 +39,7 @@ import argparse
 import os
 import platform
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +78,33 @@ def build_maps(image: np.ndarray, mask: np.ndarray, seed: int = 0):
     nuclei_maps, _ = classical_maps(image, scale=1.0)
     nuclei_maps[..., 1] = 0
     return nuclei_maps, cell_maps
+
+
+@contextmanager
+def _clocked_watershed():
+    """Clock ``skimage.segmentation.watershed`` as ``hpa_kit.segment._label`` calls it.
+
+    Yields a one-item list holding the seconds spent in it since the last reset.
+    """
+    import types
+
+    from hpa_kit.segment import _label
+
+    module = _label.segmentation
+    spent = [0.0]
+
+    def watershed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return module.watershed(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    _label.segmentation = types.SimpleNamespace(watershed=watershed)
+    try:
+        yield spent
+    finally:
+        _label.segmentation = module
 
 
 def _area_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -114,9 +148,21 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         return min(times), result
 
+    def best_split(repeats, fn, *fn_args, **fn_kwargs):
+        """Like ``best``, plus the watershed seconds of the best call."""
+        runs = []
+        with _clocked_watershed() as spent:
+            for _ in range(repeats):
+                spent[0] = 0.0
+                t0 = time.perf_counter()
+                result = fn(*fn_args, **fn_kwargs)
+                runs.append((time.perf_counter() - t0, spent[0]))
+        t, ws = min(runs)
+        return t, result, ws
+
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"numpy {np.__version__}; load average before {os.getloadavg()[0]:.1f}")  # fmt: skip
-    rows_fidelity, rows_time = [], []
+    rows_fidelity, rows_time, rows_split = [], [], []
     totals = {"matched": 0, "cells": 0, "ious": [], "tp": 0, "nt": 0, "np": 0}
     ratios_ref, ratios_full = [], []
     for image_id in ids:
@@ -127,7 +173,7 @@ def main() -> None:
         t_ref, (ref_nuclei, ref_cells) = best(
             args.full_repeats, reference_label_cell, nuc_full, cell_full
         )
-        t_full, (nuclei_full, cells_full) = best(
+        t_full, (nuclei_full, cells_full), ws_full = best_split(
             args.full_repeats, label_cells, nuc_full, cell_full, full_cfg
         )
         identical = np.array_equal(ref_cells, cells_full) and np.array_equal(
@@ -135,7 +181,7 @@ def main() -> None:
         )
         small = reduced_shape(shape, 0.25)
         nuc_q, cell_q = _area_resize(nuc_full, small), _area_resize(cell_full, small)
-        t_fast, (_, cells_fast) = best(
+        t_fast, (_, cells_fast), ws_fast = best_split(
             args.repeats, maps_to_labels, nuc_q, cell_q, shape=shape, config=quarter_cfg
         )
         m = match_labels(cells_full, cells_fast)
@@ -161,6 +207,13 @@ def main() -> None:
             f"| {name} | {t_prep:.3f} | {t_fast:.3f} | {t_prep + t_fast:.3f} | {t_classical:.2f} "
             f"| {c.tp}/{c.n_true} true, {c.n_pred} predicted | {c.f1:.3f} | {c.mean_iou:.3f} |"
         )
+        rows_split.append(
+            f"| {name} | {t_full:.2f} | {ws_full:.2f} ({ws_full / t_full:.0%}) | "
+            f"{t_full - ws_full:.2f} | {1000 * t_fast:.1f} | {1000 * ws_fast:.1f} "
+            f"({ws_fast / t_fast:.0%}) | {1000 * (t_fast - ws_fast):.1f} | "
+            f"{ws_full / ws_fast:.1f}x | {(t_full - ws_full) / (t_fast - ws_fast):.1f}x | "
+            f"{t_full / t_fast:.1f}x |"
+        )
         print(rows_fidelity[-1], flush=True)
 
     print()
@@ -181,6 +234,14 @@ def main() -> None:
           "classical F1 | classical mean IoU |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows_time))
+    print()
+    print("Where the time goes: label_cells at 1.0 vs maps_to_labels at 0.25, split into "
+          "the three skimage watersheds and the rest (the rest at 0.25 includes the upsampling):")  # fmt: skip
+    print()
+    print("| image | size | 1.0 s | watershed s | rest s | 0.25 + upsample ms | watershed ms | "
+          "rest ms | watershed ratio | rest ratio | whole ratio |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows_split))
     f1 = 2 * totals["tp"] / (totals["nt"] + totals["np"])
     print()
     print(f"all: {totals['matched']}/{totals['cells']} full-scale cells matched "
@@ -189,6 +250,7 @@ def main() -> None:
           f"vs the reference, {min(ratios_full):.0f}x-{max(ratios_full):.0f}x vs label_cells at "
           f"1.0; classical predictor cell F1 {f1:.3f} ({totals['tp']} of {totals['nt']} "
           f"hpacellseg cells, {totals['np']} predicted)")  # fmt: skip
+    print(f"load average after {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
