@@ -250,7 +250,7 @@ def scaled_seg_config(pixel_size: float, *, scale: float) -> SegConfig:
     if radius > 0:
         radius = max(1, math.ceil(round(radius / pixel_size, 9)))
     if hasattr(base, "rim_cut"):  # a 1 px cut, rounded half up as SegConfig rounds it
-        areas["rim_cut"] = int(math.floor(round(base.rim_cut / pixel_size, 9) + 0.5))
+        areas["rim_cut"] = min(1, int(math.floor(round(base.rim_cut / pixel_size, 9) + 0.5)))
     return dataclasses.replace(base, closing_radius=radius, **areas)
 
 
@@ -689,6 +689,8 @@ def _run_demo(out: Path, config: DemoConfig, log) -> DemoResult:
         )
         if report.failures:
             problems["predict"] = dict(report.failures)
+        if report.no_cells:
+            problems["no_cells"] = {i: "no cell found (placeholder row)" for i in report.no_cells}
         sample = read_sample(test_set.sample_submission)
         validation = validate_submission(paths["submission"], sample)
 

@@ -276,3 +276,15 @@ def test_quick_demo_is_deterministic(quick_run, tmp_path):
         assert (first / name).read_bytes() == (second.out / name).read_bytes(), name
     summary = json.loads((first / "summary.json").read_text())
     assert second.map == summary["map"] and second.baseline_map == summary["baseline_map"]
+
+
+def test_cli_refuses_a_foreign_folder_and_bad_options(tmp_path, capsys):
+    from hpa_kit.cli import main
+
+    (tmp_path / "notes.txt").write_text("keep")
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--no-progress"]) == 1
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep"
+    assert main(["demo", "--out", str(tmp_path / "new"), "--quick", "--n-train", "2"]) == 1
+    assert "n_folds" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = quick_config(**changes) if args.quick else DemoConfig(**changes)
         result = run_demo(args.out, config)
-    except (ValueError, FileExistsError, NotADirectoryError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         print(f"hpa-kit demo: {exc}", file=sys.stderr)
         return 1
     print()
