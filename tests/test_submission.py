@@ -219,6 +219,15 @@ def test_write_submission_is_atomic(tmp_path, monkeypatch) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
 
 
+def test_write_submission_has_the_usual_file_mode(tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        report = write_submission(tmp_path / "s.csv", {}, _sample())
+    finally:
+        os.umask(old)
+    assert (report.path.stat().st_mode & 0o777) == 0o644  # not mkstemp's 0600
+
+
 def test_write_submission_rejects_ids_that_break_csv(tmp_path) -> None:
     sample = _sample().assign(ID=["a", "b,c", "d", "e"])
     with pytest.raises(SubmissionError, match="commas"):
