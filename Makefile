@@ -6,10 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hpa_kit-installed
 SAMPLES ?= $(abspath ../shared/data/hpa-samples)
 PYTEST_ARGS ?=
+DEMO_OUT ?= demo-out
+DEMO_ARGS ?=
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test lint format clean
+.PHONY: install test lint format demo clean
 
 install: $(STAMP)
 
@@ -25,6 +27,10 @@ test: install
 	@if [ -d "$(SAMPLES)" ]; then export HPA_KIT_SAMPLES="$(SAMPLES)"; \
 	  else echo "note: $(SAMPLES) not found; real-data tests will be skipped"; fi; \
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The whole pipeline on synthetic data, CPU only (README "Start here").
+demo: install
+	$(VENV)/bin/hpa-kit demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -79,14 +85,14 @@ endef
 .PHONY: wheel wheels kernel push-kernel push-dataset
 
 # The hpa_kit wheel alone, into $(WHEELS_DIR) (older hpa_kit wheels there are removed).
-wheel:
+wheel: | $(STAMP)
 	@mkdir -p $(WHEELS_DIR)
 	rm -f $(WHEELS_DIR)/hpa_kit-*.whl
 	rm -rf build/lib build/bdist.*
 	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(WHEELS_DIR) .
 
 # A fresh $(WHEELS_DIR): hpa_kit plus $(KAGGLE_EXTRA_WHEELS) for Kaggle's Python and the local one.
-wheels:
+wheels: | $(STAMP)
 	rm -rf $(WHEELS_DIR)
 	$(MAKE) --no-print-directory wheel WHEELS_DIR=$(WHEELS_DIR)
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: $(WHEELS_PIP_ARGS) \
@@ -98,7 +104,7 @@ wheels:
 	@ls -1 $(WHEELS_DIR)
 
 # build/kernel/<slug>/: the inference notebook as .ipynb + kernel-metadata.json.
-kernel:
+kernel: | $(STAMP)
 	$(_need_kaggle_username)
 	$(DELIVERY) render-kernel $(KERNEL_NOTEBOOK) --template $(KERNEL_TEMPLATE) --out $(KERNEL_DIR) \
 	  --set 'OWNER=$(KAGGLE_USERNAME)' --set 'KERNEL_SLUG=$(KERNEL_SLUG)' \
@@ -111,7 +117,7 @@ push-kernel: kernel
 
 # Stages the wheels of $(WHEELS_DIR) (run `make wheels` first; hpa_kit and every
 # $(KAGGLE_EXTRA_WHEELS) must be there) and creates or versions the dataset.
-push-dataset:
+push-dataset: | $(STAMP)
 	$(_need_kaggle_username)
 	$(DELIVERY) stage-dataset $(WHEELS_DIR) --template $(WHEELS_TEMPLATE) --out $(DATASET_DIR) \
 	  $(addprefix --require ,$(KAGGLE_EXTRA_WHEELS)) \

@@ -40,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hpa-kit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"hpa_kit.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"hpa_kit.commands.{name}":
-                continue  # command not shipped in this build
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"hpa_kit.commands.{name}").register(subparsers)
     return parser
 
 
