@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
@@ -480,13 +481,33 @@ def _make_executor(options: PredictOptions) -> Executor:
 
         return ThreadPoolExecutor(max_workers=options.num_workers)
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
 
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=options.num_workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_worker_init,
     )
+    try:
+        pool.submit(_ping).result()
+    except BrokenExecutor as exc:
+        # Spawned workers re-import __main__: that fails for code read from stdin and for a
+        # script without an `if __name__ == "__main__":` guard. Threads need no re-import.
+        pool.shutdown(wait=False, cancel_futures=True)
+        warnings.warn(
+            f"worker processes cannot start here ({_cause(exc)}); preparing images in "
+            f"{options.num_workers} threads instead. In a script, call predict_folder under "
+            "`if __name__ == '__main__':` to use processes.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return ThreadPoolExecutor(max_workers=options.num_workers)
+    return pool
+
+
+def _ping() -> bool:
+    """A no-op job: proves that the worker processes start."""
+    return True
 
 
 def _is_network(segmenter: Any) -> bool:
@@ -532,6 +553,7 @@ def _fingerprint(
     seg = {
         "type": f"{type(segmenter).__module__}.{type(segmenter).__qualname__}",
         "scale": repr(getattr(segmenter, "scale", None)),
+        "pixel_size": repr(getattr(segmenter, "pixel_size", None)),
         "config": repr(getattr(segmenter, "config", None)),
     }
     chosen = {

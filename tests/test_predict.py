@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -378,6 +380,32 @@ def test_worker_processes_give_the_same_csv(synth, checkpoints, tmp_path):
     )
     assert inline.cells == pooled.cells
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_workers_that_cannot_start_fall_back_to_threads(synth, checkpoints, tmp_path):
+    # Spawned workers re-import __main__, which fails for a script read from stdin: the run
+    # must still predict every image (in threads), with a warning, not fail them all.
+    script = f"""
+import warnings
+from hpa_kit.predict import PredictOptions, predict_folder
+from hpa_kit.segment import ClassicalSegmenter, SegConfig
+config = SegConfig(scale=0.5, min_seed_area=7, max_hole_area=15, min_nucleus_area=39,
+                   min_cell_area=85, closing_radius=1)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    report = predict_folder({str(synth.out / "images")!r}, {str(synth.sample_submission)!r},
+                            [{str(checkpoints[0])!r}], out={str(tmp_path / "s.csv")!r},
+                            segmenter=ClassicalSegmenter(scale=0.5, config=config),
+                            options=PredictOptions(tta="none", num_workers=1, progress=False))
+print("FAILURES", len(report.failures), "PREDICTED", report.predicted)
+print("WARNED", any("threads instead" in str(w.message) for w in caught))
+"""
+    result = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"FAILURES 0 PREDICTED {len(synth.ids)}" in result.stdout
+    assert "WARNED True" in result.stdout
 
 
 class _KillerSegmenter:
