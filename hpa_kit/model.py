@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,12 +76,22 @@ class ClassifierConfig:
         channels = tuple(self.channels)
         unknown = [c for c in channels if c not in _KNOWN_CHANNELS]
         if not channels or unknown:
-            raise ValueError(f"channels must be a non-empty subset of {_KNOWN_CHANNELS}, got {channels}")
+            raise ValueError(
+                f"channels must be a non-empty subset of {_KNOWN_CHANNELS}, got {channels}"
+            )
         if len(set(channels)) != len(channels):
             raise ValueError(f"channels repeat: {channels}")
         object.__setattr__(self, "channels", channels)
-        mean = tuple(CHANNEL_MEAN[c] for c in channels) if self.mean is None else tuple(map(float, self.mean))
-        std = tuple(CHANNEL_STD[c] for c in channels) if self.std is None else tuple(map(float, self.std))
+        mean = (
+            tuple(CHANNEL_MEAN[c] for c in channels)
+            if self.mean is None
+            else tuple(map(float, self.mean))
+        )
+        std = (
+            tuple(CHANNEL_STD[c] for c in channels)
+            if self.std is None
+            else tuple(map(float, self.std))
+        )
         if len(mean) != len(channels) or len(std) != len(channels):
             raise ValueError(
                 f"mean and std need one value per channel ({len(channels)}), got {len(mean)} and {len(std)}"
@@ -142,7 +152,9 @@ def build_classifier(
     timm can download or find cached weights.
     """
     timm = _require_timm()
-    return timm.create_model(arch, pretrained=pretrained, in_chans=in_chans, num_classes=num_classes)
+    return timm.create_model(
+        arch, pretrained=pretrained, in_chans=in_chans, num_classes=num_classes
+    )
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: ClassifierConfig) -> Path:
@@ -198,4 +210,3 @@ def load_classifier(
             f"{config.in_chans} channels and {config.num_classes} classes: {exc}"
         ) from exc
     return model.to(device).eval(), config
-

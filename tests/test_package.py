@@ -15,10 +15,7 @@ HEAVY = ("torch", "timm", "pycocotools", "albumentations", "hpacellseg", "kaggle
 
 
 def _imported_after(code: str) -> set[str]:
-    probe = (
-        f"{code}\nimport sys\n"
-        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
-    )
+    probe = f"{code}\nimport sys\nprint(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.strip()
