@@ -64,7 +64,7 @@ def _limit(value: Any, name: str) -> int | float | None:
 class TrainConfig:
     """One training run (one fold). Defaults reproduce the seed's efficientnet_b0 recipe.
 
-    See ``/work/hpa_brief/fragments/readme-train.md`` (README "Training") for every field.
+    See the README section "Training a classifier" for every field.
 
     >>> cfg = TrainConfig(train_csv="t.csv", images_dir="img", out_dir="runs/f0")
     >>> cfg.arch, cfg.batch_size, cfg.lr, cfg.epochs, cfg.channels

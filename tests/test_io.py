@@ -352,7 +352,7 @@ def test_read_label_image_errors(tmp_path):
 
 
 def test_import_does_not_load_cv2():
-    # Only this module's own imports are checked (the package __init__ is the lead's).
+    # Only this module's own imports are checked.
     code = (
         "import sys, hpa_kit; before = 'cv2' in sys.modules; import hpa_kit.io; "
         "assert before or 'cv2' not in sys.modules, 'eager import'"

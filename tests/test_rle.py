@@ -375,7 +375,7 @@ def test_bad_sizes_are_rejected(height, width):
 
 
 def test_import_does_not_load_pycocotools():
-    # Only this module's own imports are checked (the package __init__ is the lead's).
+    # Only this module's own imports are checked.
     code = (
         "import sys, hpa_kit; before = 'pycocotools' in sys.modules; import hpa_kit.rle; "
         "assert before or 'pycocotools' not in sys.modules, 'eager import'"

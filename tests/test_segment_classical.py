@@ -94,7 +94,7 @@ def test_against_hpacellseg_masks_of_the_real_samples(samples_dir, sample_ids):
 
 
 def test_synthetic_images():
-    """Engineer C's synthetic images at the real 2048 px scale."""
+    """The synthetic images (hpa_kit.synth) at the real 2048 px scale."""
     synth = pytest.importorskip("hpa_kit.synth")
     s = synth.generate_image(size=2048, seed=0)
     nuclei_maps, cell_maps = classical_maps(s.image, scale=0.25)
