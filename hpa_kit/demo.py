@@ -31,10 +31,10 @@ What it does (each step uses the package's own modules):
 Scale. :class:`hpa_kit.segment.SegConfig` declares its areas in pixels of a full-resolution
 (2048 px) HPA image, and the classical maps smooth by a length in the same unit. A synthetic
 image of ``size`` px stands for a 2048 px HPA image shrunk ``pixel_size = 2048 / size``
-times (every synth length is a fraction of the image side), so
-:class:`ScaledClassicalSegmenter` divides those areas by ``pixel_size ** 2`` and the lengths
-by ``pixel_size`` (:func:`scaled_seg_config`); with the unscaled defaults the classical
-segmenter finds no cell in a 384 px synthetic image.
+times (every synth length is a fraction of the image side), so the demo segments with
+``ClassicalSegmenter(seg_scale, pixel_size=2048 / size)``, which scales those areas by
+``(seg_scale / pixel_size) ** 2`` and the lengths by ``seg_scale / pixel_size``; with the
+default ``pixel_size=1`` the classical segmenter finds no cell in a 384 px synthetic image.
 
 Output folder layout (``out``)::
 
@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
@@ -68,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpa_kit.io import CHANNELS
-from hpa_kit.segment import ClassicalSegmenter, SegConfig
+from hpa_kit.segment import ClassicalSegmenter
 from hpa_kit.synth import SynthConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,12 +77,10 @@ __all__ = [
     "HPA_SIZE",
     "DemoConfig",
     "DemoResult",
-    "ScaledClassicalSegmenter",
     "baseline_predictions",
     "format_summary",
     "quick_config",
     "run_demo",
-    "scaled_seg_config",
     "segmentation_f1",
     "submission_cells",
     "write_cell_crops",
@@ -104,13 +101,6 @@ _OUTPUTS = (
     "baseline.csv",
     "baseline_cell_mean.csv",
     "summary.json",
-)
-_AREA_FIELDS = (
-    "min_seed_area",
-    "max_hole_area",
-    "min_mask_area",
-    "min_nucleus_area",
-    "min_cell_area",
 )
 
 
@@ -225,77 +215,20 @@ def quick_config(**changes: Any) -> DemoConfig:
 # --------------------------------------------------------------------------- segmentation
 
 
-def scaled_seg_config(pixel_size: float, *, scale: float) -> SegConfig:
-    """A :class:`SegConfig` for maps at ``scale`` of an image whose pixel is ``pixel_size``
-    full-resolution HPA pixels across (4.0 for a 512 px image standing for a 2048 px one).
+def ScaledClassicalSegmenter(  # noqa: N802 - the name of the class it replaces
+    scale: float = 0.5, *, pixel_size: float = 1.0
+) -> ClassicalSegmenter:
+    """Deprecated: use ``hpa_kit.segment.ClassicalSegmenter(scale, pixel_size=pixel_size)``,
+    which this returns (kept for benchmarks/bench_demo.py)."""
+    import warnings
 
-    SegConfig's areas are in full-resolution pixels: they are divided by ``pixel_size ** 2``
-    (rounded up, keeping "strictly smaller than" faithful), the closing radius by
-    ``pixel_size`` (rounded up, at least 1) and the one-pixel rim cut by ``pixel_size``
-    (rounded half up: dropped past 2 px); ``SegConfig.sizes()`` then applies ``scale``.
-
-    >>> cfg = scaled_seg_config(4.0, scale=0.5)
-    >>> cfg.min_cell_area, cfg.min_nucleus_area, cfg.closing_radius, cfg.sizes().min_cell_area
-    (344, 157, 2, 86)
-    >>> scaled_seg_config(1.0, scale=0.25) == SegConfig(scale=0.25)
-    True
-    """
-    if pixel_size <= 0:
-        raise ValueError(f"pixel_size must be > 0, got {pixel_size}")
-    base = SegConfig(scale=scale)
-    areas = {
-        name: math.ceil(round(getattr(base, name) / pixel_size**2, 9)) for name in _AREA_FIELDS
-    }
-    radius = base.closing_radius
-    if radius > 0:
-        radius = max(1, math.ceil(round(radius / pixel_size, 9)))
-    if hasattr(base, "rim_cut"):  # a 1 px cut, rounded half up as SegConfig rounds it
-        areas["rim_cut"] = min(1, int(math.floor(round(base.rim_cut / pixel_size, 9) + 0.5)))
-    return dataclasses.replace(base, closing_radius=radius, **areas)
-
-
-def _scaled_classical_config(pixel_size: float):
-    """hpa_kit.segment.classical's constants (full-resolution px) for ``pixel_size``."""
-    from hpa_kit.segment.classical import ClassicalConfig
-
-    base = ClassicalConfig()
-    lengths = ("smooth_sigma", "split_depth", "territory_sigma", "border_width")
-    areas = ("min_nucleus_area",)
-    changes: dict[str, Any] = {}
-    for name in lengths:
-        if hasattr(base, name):
-            changes[name] = getattr(base, name) / pixel_size
-    for name in areas:
-        if hasattr(base, name):
-            changes[name] = max(1, math.ceil(getattr(base, name) / pixel_size**2))
-    return dataclasses.replace(base, **changes)
-
-
-class ScaledClassicalSegmenter(ClassicalSegmenter):
-    """The classical (weights-free) segmenter for images whose pixel stands for
-    ``pixel_size`` full-resolution HPA pixels (a shrunk HPA image, or a synthetic one).
-
-    Same maps and labelling as :class:`hpa_kit.segment.ClassicalSegmenter`, with the
-    labelling areas from :func:`scaled_seg_config` and the map smoothing length divided by
-    ``pixel_size``. Picklable (the predictor may send it to worker processes).
-
-    >>> seg = ScaledClassicalSegmenter(scale=0.5, pixel_size=2048 / 384)
-    >>> seg.config.min_cell_area, seg.config.sizes().min_cell_area
-    (194, 49)
-    """
-
-    def __init__(self, scale: float = 0.5, *, pixel_size: float = 1.0) -> None:
-        super().__init__(scale=scale, config=scaled_seg_config(pixel_size, scale=scale))
-        self.pixel_size = float(pixel_size)
-        self.classical = _scaled_classical_config(self.pixel_size)
-
-    def maps(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        from hpa_kit.segment import classical_maps
-
-        return [classical_maps(image, scale=self.scale, config=self.classical) for image in images]
-
-    def __repr__(self) -> str:
-        return f"ScaledClassicalSegmenter(scale={self.scale}, pixel_size={self.pixel_size})"
+    warnings.warn(
+        "hpa_kit.demo.ScaledClassicalSegmenter is deprecated; use "
+        "hpa_kit.segment.ClassicalSegmenter(scale, pixel_size=...)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return ClassicalSegmenter(scale, pixel_size=pixel_size)
 
 
 # --------------------------------------------------------------------------- weak labels
@@ -478,24 +411,6 @@ class _Stages:
         log(f"[demo] {name}: {self.seconds[name]:.1f} s")
 
 
-@contextmanager
-def _tqdm_disabled(disabled: bool) -> Iterator[None]:
-    """Silence tqdm bars of callees that have no progress switch (``TQDM_DISABLE``, read by
-    tqdm >= 4.66 when a bar is created); the variable is restored afterwards."""
-    if not disabled:
-        yield
-        return
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
-
-
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"demo output {out} exists and is not a folder")
@@ -609,11 +524,11 @@ def _run_demo(out: Path, config: DemoConfig, log) -> DemoResult:
         "overlays": out / "overlays",
         "summary": out / "summary.json",
     }
-    segmenter = ScaledClassicalSegmenter(config.seg_scale, pixel_size=config.pixel_size)
+    segmenter = ClassicalSegmenter(config.seg_scale, pixel_size=config.pixel_size)
     problems: dict[str, dict[str, str]] = {}
 
-    with stage("synth", log), _tqdm_disabled(not config.progress):
-        kwargs = {"size": config.size, "config": config.synth}
+    with stage("synth", log):
+        kwargs = {"size": config.size, "config": config.synth, "progress": config.progress}
         train_set = write_dataset(
             paths["train"], n=config.n_train, seed=config.seed, id_prefix="train", **kwargs
         )

@@ -841,6 +841,7 @@ def write_dataset(
     seed: int,
     config: SynthConfig = SynthConfig(),
     id_prefix: str = "synth",
+    progress: bool = True,
 ) -> SynthDataset:
     """Write ``n`` images in the competition layout, with truth, under ``out``.
 
@@ -851,6 +852,7 @@ def write_dataset(
     ``class 1 mask``, readable by ``hpa-kit score``). Image ``k`` has id
     ``{id_prefix}_{k:05d}`` and seed ``(seed, k)``, so it does not depend on ``n``. An image
     that fails to write is recorded in ``failures`` and left out of the CSVs; the others go on.
+    ``progress=False`` hides the progress bar.
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -877,7 +879,7 @@ def write_dataset(
     truths: dict[str, str] = {}
     failures: dict[str, str] = {}
     num_cells = 0
-    for k in tqdm(range(int(n)), desc="synth", unit="image"):
+    for k in tqdm(range(int(n)), desc="synth", unit="image", disable=not progress):
         image_id = f"{id_prefix}_{k:05d}"
         try:
             synth = generate_image(size=(height, width), seed=(int(seed), k), config=config)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from hpa_kit.demo import (
     _prepare_out,
     baseline_predictions,
     quick_config,
-    scaled_seg_config,
     segmentation_f1,
     submission_cells,
     write_cell_crops,
@@ -31,33 +29,9 @@ from hpa_kit.synth import SynthConfig, generate_image, write_dataset
 # ---------------------------------------------------------------- scale
 
 
-def test_scaled_seg_config_divides_areas_and_radius():
-    cfg = scaled_seg_config(4.0, scale=0.5)
-    assert cfg.scale == 0.5
-    # 500 / 16 = 31.25 -> 32 (strictly-smaller-than stays faithful: round up)
-    assert (cfg.min_seed_area, cfg.max_hole_area, cfg.min_mask_area) == (32, 63, 1)
-    assert (cfg.min_nucleus_area, cfg.min_cell_area, cfg.closing_radius) == (157, 344, 2)
-    # thresholds are unchanged
-    assert cfg.nuclei_threshold == SegConfig().nuclei_threshold
-    assert scaled_seg_config(1.0, scale=0.25) == SegConfig(scale=0.25)
-    # exact division: 5500 / 2**2 = 1375, not 1376
-    assert scaled_seg_config(2.0, scale=1.0).min_cell_area == 1375
-    # the one-pixel rim cut is kept up to 2 image px per HPA px, dropped beyond
-    assert scaled_seg_config(2.0, scale=1.0).rim_cut == 1
-    assert scaled_seg_config(2.5, scale=1.0).rim_cut == 0
-    # the closing radius never drops to 0
-    assert scaled_seg_config(100.0, scale=1.0).closing_radius == 1
-
-
-@pytest.mark.parametrize("pixel_size", [0.0, -1.0])
-def test_scaled_seg_config_rejects_bad_pixel_size(pixel_size):
-    with pytest.raises(ValueError, match="pixel_size"):
-        scaled_seg_config(pixel_size, scale=0.5)
-
-
-def test_scaled_segmenter_finds_synthetic_cells_the_default_misses():
+def test_demo_segmenter_finds_synthetic_cells_the_default_misses():
     synth = generate_image(size=320, seed=3)
-    scaled = ScaledClassicalSegmenter(1.0, pixel_size=2048 / 320)
+    scaled = ClassicalSegmenter(1.0, pixel_size=2048 / 320)
     _, cells = scaled.segment([synth.image])[0]
     match = match_labels(synth.cell_labels, cells, threshold=0.6)
     assert cells.dtype == np.int32 and cells.shape == synth.cell_labels.shape
@@ -67,14 +41,13 @@ def test_scaled_segmenter_finds_synthetic_cells_the_default_misses():
     assert match_labels(synth.cell_labels, default_cells, threshold=0.6).tp == 0
 
 
-def test_scaled_segmenter_is_picklable_and_describes_itself():
-    import pickle
-
-    seg = ScaledClassicalSegmenter(0.5, pixel_size=4.0)
-    back = pickle.loads(pickle.dumps(seg))
-    assert back.config == seg.config and back.pixel_size == 4.0
-    assert repr(back) == "ScaledClassicalSegmenter(scale=0.5, pixel_size=4.0)"
-    assert math.isclose(back.classical.smooth_sigma, 2.0)
+def test_demo_config_pixel_size_and_deprecated_scaled_segmenter():
+    with pytest.warns(DeprecationWarning, match="pixel_size"):
+        seg = ScaledClassicalSegmenter(0.5, pixel_size=4.0)
+    assert type(seg) is ClassicalSegmenter
+    assert seg.config == SegConfig(scale=0.5, pixel_size=4.0)
+    # 5500 * (0.5 / 4)**2 = 85.9 -> 86 map pixels
+    assert seg.config.sizes().min_cell_area == 86
 
 
 # ---------------------------------------------------------------- submission helpers
@@ -125,7 +98,7 @@ def test_cell_crops_carry_their_image_labels_and_fold(tmp_path):
     data = write_dataset(tmp_path / "data", n=2, size=256, seed=4, config=SynthConfig(cells=(4, 6)))
     table = pd.read_csv(data.train_csv, dtype={"ID": str}).assign(fold=[0, 1])
     table.loc[len(table)] = {"ID": "missing", "Label": "0", "fold": 0}
-    seg = ScaledClassicalSegmenter(0.5, pixel_size=2048 / 256)
+    seg = ClassicalSegmenter(0.5, pixel_size=2048 / 256)
     crops, failures = write_cell_crops(
         data.out / "images", table, tmp_path / "crops", segmenter=seg, size=24
     )

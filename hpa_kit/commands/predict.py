@@ -54,6 +54,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seg-scale", type=float, default=0.25, help="segmentation scale (default 0.25)"
     )
     parser.add_argument(
+        "--pixel-size",
+        type=float,
+        default=1.0,
+        help=(
+            "full-resolution HPA pixels per image pixel, e.g. 2 for a 1024 px cache of 2048 px "
+            "images"
+            " (default 1; segmentation sizes scale by seg-scale / pixel-size)"
+        ),
+    )
+    parser.add_argument(
         "--tta", default="seed", choices=("none", "seed", "d4"), help="TTA set (default seed)"
     )
     parser.add_argument(
@@ -122,11 +132,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.seg_weights:
             from hpa_kit.segment import NetworkSegmenter
 
-            segmenter = NetworkSegmenter.from_dir(args.seg_weights, device, scale=args.seg_scale)
+            segmenter = NetworkSegmenter.from_dir(
+                args.seg_weights, device, scale=args.seg_scale, pixel_size=args.pixel_size
+            )
         else:
             from hpa_kit.segment import ClassicalSegmenter
 
-            segmenter = ClassicalSegmenter(scale=args.seg_scale)
+            segmenter = ClassicalSegmenter(scale=args.seg_scale, pixel_size=args.pixel_size)
     except (OSError, ValueError) as exc:
         print(f"hpa-kit predict: {exc}", file=sys.stderr)
         return 2

@@ -37,6 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.25,
         help="scale of the maps and the labelling relative to the image (default 0.25)",
     )
+    parser.add_argument(
+        "--pixel-size",
+        type=float,
+        default=1.0,
+        help=(
+            "full-resolution HPA pixels per image pixel, e.g. 2 for a 1024 px cache of 2048 px "
+            "images"
+            " (default 1; sizes scale by scale / pixel-size)"
+        ),
+    )
     parser.add_argument("--nuclei", action="store_true", help="also write {id}_nuclei.png")
     parser.add_argument("--device", default="cpu", help="torch device for the networks")
     parser.add_argument(
@@ -47,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import math
     from pathlib import Path
 
     from tqdm.auto import tqdm
@@ -61,20 +72,27 @@ def _run(args: argparse.Namespace) -> int:
     if not 0 < args.scale <= 1:
         print(f"error: --scale must be in (0, 1], got {args.scale}", file=sys.stderr)
         return 2
+    if not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
+        print(f"error: --pixel-size must be > 0, got {args.pixel_size}", file=sys.stderr)
+        return 2
     if args.batch_size < 1:
         print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
     if args.weights_dir:
         try:
             segmenter = NetworkSegmenter.from_dir(
-                args.weights_dir, args.device, scale=args.scale, batch_size=args.batch_size
+                args.weights_dir,
+                args.device,
+                scale=args.scale,
+                batch_size=args.batch_size,
+                pixel_size=args.pixel_size,
             )
         except (FileNotFoundError, ImportError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         batch_size = args.batch_size
     else:
-        segmenter = ClassicalSegmenter(scale=args.scale)
+        segmenter = ClassicalSegmenter(scale=args.scale, pixel_size=args.pixel_size)
         batch_size = 1
     ids = list_image_ids(images_dir, ext=args.ext)
     if not ids:

@@ -8,8 +8,11 @@ Data contract
   foreground (nucleus or cell) probability, as HPA-Cell-Segmentation's networks give them.
 - Label images are 2-D int32, 0 = background, 1..N = cells; a nucleus carries its cell's id.
   Coordinates are (row, col).
-- Labelling constants are declared once, in full-resolution pixels, in :class:`SegConfig`;
-  ``SegConfig.sizes()`` derives them for the scale of the maps.
+- Labelling constants are declared once, in full-resolution pixels (of a 2048 px HPA image),
+  in :class:`SegConfig`; ``SegConfig.sizes()`` derives them for the scale of the maps and the
+  image's ``pixel_size`` (full-resolution pixels per image pixel: 2 for a 1024 px cache of
+  2048 px images): areas x (scale / pixel_size)**2, radii x scale / pixel_size. The segmenters
+  and :func:`classical_maps` take the same ``pixel_size`` (default 1.0).
 
 Two producers of maps: the HPA networks (:func:`predict_maps`, torch imported lazily) and a
 weights-free :func:`classical_maps`. Both feed :func:`label_cells` unchanged;

@@ -66,14 +66,18 @@ def scaled_cut(depth: int, scale: float) -> int:
     background (twice), a pure area bias. At reduced scale a one-pixel cut costs ``1 / s``
     full-resolution pixels, so it is rounded to the nearest pixel (half up) instead of up:
     kept at scales >= 0.5, dropped below (at 0.25 it would take 4 px per step, 8 in all,
-    where full-scale labelling takes 2). Cuts between two touching cells always stay.
+    where full-scale labelling takes 2). Cuts between two touching cells always stay. The cut
+    is one pixel deep or absent, so scales above 1 (an image whose pixel is smaller than a
+    full-resolution pixel) keep it at ``depth``.
 
     >>> scaled_cut(1, 1.0), scaled_cut(1, 0.5), scaled_cut(1, 0.25), scaled_cut(0, 1.0)
     (1, 1, 0, 0)
+    >>> scaled_cut(1, 2.0)
+    1
     """
     if depth not in (0, 1) or scale <= 0:
         raise ValueError(f"need depth 0 or 1 and scale > 0, got depth={depth}, scale={scale}")
-    return int(math.floor(round(depth * scale, _DECIMALS) + 0.5))
+    return min(depth, int(math.floor(round(depth * scale, _DECIMALS) + 0.5)))
 
 
 def reduced_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -87,6 +91,20 @@ def reduced_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     return tuple(max(1, int(math.floor(n * scale + 0.5))) for n in shape[:2])  # type: ignore[return-value]
+
+
+def _check_pixel_size(pixel_size: float, name: str = "pixel_size") -> None:
+    """Raise ValueError unless ``pixel_size`` is a finite real number > 0."""
+    if (
+        isinstance(pixel_size, bool)
+        or not isinstance(pixel_size, (int, float))
+        or not math.isfinite(pixel_size)
+        or pixel_size <= 0
+    ):
+        raise ValueError(
+            f"{name} (full-resolution pixels per image pixel) must be a finite number > 0, "
+            f"got {pixel_size!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -106,14 +124,18 @@ class ScaledSizes:
 class SegConfig:
     """Everything :func:`label_cells` needs, as hpacellseg's ``label_cell`` uses it.
 
-    Sizes are in full-resolution pixels and mean "objects strictly smaller than this are
-    removed" (holes: "strictly smaller are filled"); :meth:`sizes` gives them at ``scale``, the
-    scale of the maps being labelled (0.25 = maps at a quarter of the image size, the project
-    default; use 1.0 for full-resolution maps). Probabilities are fractions of 255 and every
-    test is "strictly greater than".
+    Sizes are in full-resolution pixels (of a 2048 px HPA image) and mean "objects strictly
+    smaller than this are removed" (holes: "strictly smaller are filled"); :meth:`sizes` gives
+    them at the :attr:`effective_scale` ``scale / pixel_size``: ``scale`` is the scale of the
+    maps being labelled (0.25 = maps at a quarter of the image size, the project default; 1.0
+    for maps at the image size) and ``pixel_size`` says how many full-resolution pixels one
+    image pixel stands for (1 for a full-resolution image, 2 for a 1024 px cache of 2048 px
+    images, 2048 / 384 for a 384 px synthetic image). Probabilities are fractions of 255 and
+    every test is "strictly greater than".
 
     Attributes:
         scale: scale of the prediction maps relative to the image.
+        pixel_size: full-resolution HPA pixels per image pixel (> 0; default 1.0).
         nuclei_threshold: nucleus mask = nuclei foreground > this.
         seed_threshold: nucleus seeds = nuclei foreground > this, outside borders.
         border_threshold: a pixel is outside borders when 1 - (nuclei border + cell border) > this.
@@ -125,10 +147,13 @@ class SegConfig:
         min_seed_area, max_hole_area, min_mask_area, min_nucleus_area, min_cell_area: areas.
         closing_radius: radius of the disk of the grey closing of the cell labels.
         rim_cut: depth (0 or 1) of the cut the hole filling makes where a cell meets the
-            background (hpacellseg: 1); dropped at scales below 0.5 (:func:`scaled_cut`).
+            background (hpacellseg: 1); dropped at effective scales below 0.5, i.e. where one
+            map pixel stands for more than 2 full-resolution pixels (:func:`scaled_cut`).
 
     >>> SegConfig().sizes()
     ScaledSizes(min_seed_area=32, max_hole_area=63, min_mask_area=1, min_nucleus_area=157, min_cell_area=344, closing_radius=2, rim_cut=0)
+    >>> SegConfig(scale=1.0, pixel_size=2.0).sizes()  # a 1024 px image of a 2048 px one
+    ScaledSizes(min_seed_area=125, max_hole_area=250, min_mask_area=2, min_nucleus_area=625, min_cell_area=1375, closing_radius=3, rim_cut=1)
     """
 
     scale: float = 0.25
@@ -146,10 +171,12 @@ class SegConfig:
     min_cell_area: int = 5500
     closing_radius: int = 6
     rim_cut: int = 1
+    pixel_size: float = 1.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= 4):
             raise ValueError(f"SegConfig.scale must be in (0, 4], got {self.scale!r}")
+        _check_pixel_size(self.pixel_size, "SegConfig.pixel_size")
         for name in ("min_seed_area", "max_hole_area", "min_mask_area", "min_nucleus_area",
                      "min_cell_area", "closing_radius"):  # fmt: skip
             value = getattr(self, name)
@@ -158,11 +185,18 @@ class SegConfig:
         if self.rim_cut not in (0, 1):
             raise ValueError(f"SegConfig.rim_cut must be 0 or 1, got {self.rim_cut!r}")
 
+    @property
+    def effective_scale(self) -> float:
+        """``scale / pixel_size``: map pixels per full-resolution pixel, the factor the
+        full-resolution sizes are scaled by."""
+        return self.scale / self.pixel_size
+
     def sizes(self, scale: float | None = None) -> ScaledSizes:
-        """The integer sizes at ``scale`` (default: ``self.scale``): areas x s^2 and radii x s,
-        both rounded up (:func:`scaled_area`, :func:`scaled_radius`), and the background cut
-        of the hole filling rounded to nearest (:func:`scaled_cut`)."""
-        s = self.scale if scale is None else scale
+        """The integer sizes for maps at ``scale`` (default: ``self.scale``) of an image of
+        ``self.pixel_size``: with ``s = scale / pixel_size``, areas x s^2 and radii x s, both
+        rounded up (:func:`scaled_area`, :func:`scaled_radius`), and the background cut of
+        the hole filling rounded to nearest (:func:`scaled_cut`)."""
+        s = (self.scale if scale is None else scale) / self.pixel_size
         return ScaledSizes(
             min_seed_area=scaled_area(self.min_seed_area, s),
             max_hole_area=scaled_area(self.max_hole_area, s),
@@ -174,7 +208,7 @@ class SegConfig:
         )
 
     def at_scale(self, scale: float) -> SegConfig:
-        """The same constants for maps at another ``scale``."""
+        """The same constants (and ``pixel_size``) for maps at another ``scale``."""
         return dataclasses.replace(self, scale=scale)
 
     def to_dict(self) -> dict:

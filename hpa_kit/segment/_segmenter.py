@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from hpa_kit.segment._config import SegConfig
+from hpa_kit.segment._config import SegConfig, _check_pixel_size
 from hpa_kit.segment._label import maps_to_labels
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hpa_kit.segment.classical import ClassicalConfig
 
 __all__ = ["ClassicalSegmenter", "NetworkSegmenter", "Segmenter", "segment"]
 
@@ -31,13 +34,19 @@ class Segmenter(Protocol):
     def segment(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
 
-def _config_for(scale: float, config: SegConfig | None) -> SegConfig:
+def _config_for(scale: float, config: SegConfig | None, pixel_size: float) -> SegConfig:
+    _check_pixel_size(pixel_size)
     if config is None:
-        return SegConfig(scale=scale)
+        return SegConfig(scale=scale, pixel_size=pixel_size)
     if config.scale != scale:
         raise ValueError(
             f"config.scale ({config.scale}) differs from the segmenter's scale ({scale}); "
             "the labelling constants must be derived for the scale of the maps"
+        )
+    if config.pixel_size != pixel_size:
+        raise ValueError(
+            f"config.pixel_size ({config.pixel_size}) differs from the segmenter's pixel_size "
+            f"({pixel_size}); pass the same pixel_size to both"
         )
     return config
 
@@ -71,21 +80,58 @@ class _Base:
 class ClassicalSegmenter(_Base):
     """Weights-free segmentation: :func:`classical_maps` then :func:`label_cells`.
 
+    Args:
+        scale: scale of the maps (and the labelling) relative to the image.
+        config: labelling constants (default ``SegConfig(scale=scale, pixel_size=pixel_size)``;
+            its ``scale`` and ``pixel_size`` must match these).
+        pixel_size: full-resolution HPA pixels per image pixel (> 0): 1 for 2048 px HPA
+            images, 2 for a 1024 px cache of them, ``2048 / 384`` for a 384 px synthetic
+            image. Every size of the maps and of the labelling (declared in full-resolution
+            pixels) is scaled by ``scale / pixel_size``; with the default 1.0 a shrunk image's
+            cells look too small and are removed.
+        classical: constants of :func:`classical_maps` (default ``ClassicalConfig()``).
+
+    Picklable (plain attributes), so it can be sent to worker processes.
+
     >>> ClassicalSegmenter(scale=0.25).config.scale
     0.25
+    >>> seg = ClassicalSegmenter(1.0, pixel_size=2.0)
+    >>> seg.config.sizes().min_cell_area  # 5500 / 2**2
+    1375
     """
 
-    def __init__(self, scale: float = 0.25, config: SegConfig | None = None) -> None:
+    def __init__(
+        self,
+        scale: float = 0.25,
+        config: SegConfig | None = None,
+        *,
+        pixel_size: float = 1.0,
+        classical: ClassicalConfig | None = None,
+    ) -> None:
+        from hpa_kit.segment.classical import ClassicalConfig
+
         self.scale = scale
-        self.config = _config_for(scale, config)
+        self.pixel_size = pixel_size
+        self.config = _config_for(scale, config, pixel_size)
+        self.classical = ClassicalConfig() if classical is None else classical
+        if not isinstance(self.classical, ClassicalConfig):
+            raise TypeError(
+                f"classical must be a ClassicalConfig or None, got {type(classical).__name__}"
+            )
 
     def maps(self, images: Sequence[np.ndarray]) -> list[Maps]:
         from hpa_kit.segment.classical import classical_maps
 
-        return [classical_maps(image, scale=self.scale) for image in images]
+        return [
+            classical_maps(
+                image, scale=self.scale, config=self.classical, pixel_size=self.pixel_size
+            )
+            for image in images
+        ]
 
     def __repr__(self) -> str:
-        return f"ClassicalSegmenter(scale={self.scale})"
+        extra = "" if self.pixel_size == 1 else f", pixel_size={self.pixel_size}"
+        return f"ClassicalSegmenter(scale={self.scale}{extra})"
 
 
 class NetworkSegmenter(_Base):
@@ -93,6 +139,10 @@ class NetworkSegmenter(_Base):
 
     ``nuclei_model`` / ``cell_model`` are modules as :func:`load_segmentation_models` returns
     them; ``two_channel`` selects the 2-channel cell model's input (zeros instead of yellow).
+    ``pixel_size`` (full-resolution HPA pixels per image pixel, > 0) scales the labelling
+    sizes by ``scale / pixel_size`` (:class:`SegConfig`). The networks were trained on maps at
+    a quarter of a 2048 px image, so for a 1024 px cache (``pixel_size=2``) pass
+    ``scale=0.5`` as well to show them the same resolution.
     """
 
     def __init__(
@@ -105,6 +155,7 @@ class NetworkSegmenter(_Base):
         device: str = "cpu",
         two_channel: bool = False,
         config: SegConfig | None = None,
+        pixel_size: float = 1.0,
     ) -> None:
         self.nuclei_model = nuclei_model
         self.cell_model = cell_model
@@ -112,7 +163,8 @@ class NetworkSegmenter(_Base):
         self.batch_size = batch_size
         self.device = device
         self.two_channel = two_channel
-        self.config = _config_for(scale, config)
+        self.pixel_size = pixel_size
+        self.config = _config_for(scale, config, pixel_size)
 
     @classmethod
     def from_dir(
@@ -122,6 +174,7 @@ class NetworkSegmenter(_Base):
         *,
         scale: float = 0.25,
         batch_size: int = 4,
+        pixel_size: float = 1.0,
     ) -> NetworkSegmenter:
         """Load hpacellseg's weight files from ``weights_dir``: ``dpn_unet_nuclei_v1.pth`` and
         ``dpn_unet_cell_3ch_v1.pth`` (preferred) or the 2-channel ``dpn_unet_cell_v2.pth``."""
@@ -139,6 +192,7 @@ class NetworkSegmenter(_Base):
                 f"{folder} lacks {', '.join(missing)} (expected {WEIGHT_FILES['nuclei']} and "
                 f"{WEIGHT_FILES['cell']} or {WEIGHT_FILES['cell_2ch']})"
             )
+        _check_pixel_size(pixel_size)
         nuclei_model, cell_model = load_segmentation_models(nuclei_path, cell_path, device)
         return cls(
             nuclei_model,
@@ -147,6 +201,7 @@ class NetworkSegmenter(_Base):
             batch_size=batch_size,
             device=device,
             two_channel=two_channel,
+            pixel_size=pixel_size,
         )
 
     def maps(self, images: Sequence[np.ndarray]) -> list[Maps]:
@@ -165,7 +220,9 @@ class NetworkSegmenter(_Base):
     def __repr__(self) -> str:
         return (
             f"NetworkSegmenter(scale={self.scale}, batch_size={self.batch_size}, "
-            f"device={self.device!r}, two_channel={self.two_channel})"
+            f"device={self.device!r}, two_channel={self.two_channel}"
+            + ("" if self.pixel_size == 1 else f", pixel_size={self.pixel_size}")
+            + ")"
         )
 
 

@@ -5,7 +5,8 @@ image; channel 0 = 0, channel 1 = touching border, channel 2 = foreground probab
 so that :func:`hpa_kit.segment.label_cells` runs on them unchanged. It lets the whole pipeline
 run where hpacellseg's weights are absent.
 
-Method (all lengths in full-resolution pixels, scaled by ``scale``):
+Method (all lengths and areas in full-resolution pixels of a 2048 px HPA image, declared in
+:class:`ClassicalConfig` and scaled by ``s = scale / pixel_size``: lengths x s, areas x s^2):
 
 1. Area-resize the RGBY image to the reduced size; smooth blue and (red + yellow) / 2 with a
    gaussian (``smooth_sigma``).
@@ -33,7 +34,7 @@ from scipy import ndimage as ndi
 from scipy.special import expit
 from skimage import filters, morphology, segmentation
 
-from hpa_kit.segment._config import reduced_shape
+from hpa_kit.segment._config import _check_pixel_size, reduced_shape
 
 __all__ = ["ClassicalConfig", "classical_maps"]
 
@@ -45,6 +46,10 @@ _BORDER_VALUE = 128
 @dataclass(frozen=True)
 class ClassicalConfig:
     """Constants of :func:`classical_maps`; lengths and areas in full-resolution pixels.
+
+    :func:`classical_maps` scales them explicitly by ``s = scale / pixel_size``: the lengths
+    (``smooth_sigma``, ``split_depth``, ``territory_sigma``, ``border_width``) by ``s``, the
+    area ``min_nucleus_area`` by ``s**2``. A new length or area field must be added there.
 
     Attributes:
         smooth_sigma: gaussian sigma applied to blue and to the cytoplasm channels.
@@ -90,7 +95,8 @@ def _label_nuclei(
     mask: np.ndarray, *, scale: float, config: ClassicalConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label a nucleus mask (holes filled, small ones dropped), optionally splitting touching
-    nuclei at distance-transform saddles. Returns the labels and the split lines."""
+    nuclei at distance-transform saddles. Returns the labels and the split lines. ``scale``:
+    map pixels per full-resolution pixel (``scale / pixel_size`` of :func:`classical_maps`)."""
     mask = ndi.binary_fill_holes(mask)
     labels, _ = ndi.label(mask)
     small = np.bincount(labels.ravel()) < config.min_nucleus_area * scale * scale
@@ -119,17 +125,21 @@ def classical_maps(
     *,
     scale: float = 0.25,
     config: ClassicalConfig = ClassicalConfig(),  # noqa: B008 - frozen, immutable
+    pixel_size: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nuclei and cell maps for an RGBY uint8 image, without network weights.
 
     Args:
         image: HxWx4 uint8, channels (red, green, blue, yellow).
         scale: size of the maps relative to the image (:func:`reduced_shape`).
-        config: the method's constants.
+        config: the method's constants (full-resolution pixels).
+        pixel_size: full-resolution HPA pixels per image pixel (> 0): 2 for a 1024 px image
+            of a 2048 px one. The constants are scaled by ``scale / pixel_size``.
 
     Returns:
         ``(nuclei_maps, cell_maps)``, each HxWx3 uint8 at the reduced size, in the format of
-        :func:`hpa_kit.segment.predict_maps`; label them with ``SegConfig(scale=scale)``.
+        :func:`hpa_kit.segment.predict_maps`; label them with
+        ``SegConfig(scale=scale, pixel_size=pixel_size)``.
 
     >>> image = np.zeros((256, 256, 4), np.uint8)
     >>> yy, xx = np.mgrid[:256, :256]
@@ -145,12 +155,15 @@ def classical_maps(
         raise ValueError(
             f"expected an HxWx4 RGBY uint8 image, got shape {image.shape} dtype {image.dtype}"
         )
+    _check_pixel_size(pixel_size)
     rows, cols = reduced_shape(image.shape[:2], scale)
+    # Every length of the config x s, every area x s**2 (full-resolution px -> map px).
+    s = scale / pixel_size
     small = image[..., :4]
     if (rows, cols) != image.shape[:2]:
         small = cv2.resize(small, (cols, rows), interpolation=cv2.INTER_AREA)
     small = small.astype(np.float32)
-    sigma = config.smooth_sigma * scale
+    sigma = config.smooth_sigma * s
     blue = filters.gaussian(small[..., _BLUE], sigma=sigma, preserve_range=True)
     cyto = (small[..., _RED] + small[..., _YELLOW]) / 2
     cyto = filters.gaussian(cyto, sigma=sigma, preserve_range=True)
@@ -165,12 +178,12 @@ def classical_maps(
     cell_p = expit(config.steepness * (np.log1p(cyto) - cell_level))
 
     # Territories of the nuclei inside the foreground; lines where two of them meet.
-    nuclei, nuclei_lines = _label_nuclei(nuc_p > _NUCLEUS_LEVEL, scale=scale, config=config)
+    nuclei, nuclei_lines = _label_nuclei(nuc_p > _NUCLEUS_LEVEL, scale=s, config=config)
     foreground = (cell_p > config.territory_level) | (nuclei > 0)
-    relief = -filters.gaussian(cyto, sigma=config.territory_sigma * scale, preserve_range=True)
+    relief = -filters.gaussian(cyto, sigma=config.territory_sigma * s, preserve_range=True)
     territories = segmentation.watershed(relief, nuclei, mask=foreground)
     lines = _touching(territories)
-    width = int(round(config.border_width * scale))
+    width = int(round(config.border_width * s))
     if width > 0 and lines.any():
         lines = ndi.binary_dilation(lines, iterations=width) & foreground
     cell_p[lines] = 0.0
