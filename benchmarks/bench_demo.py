@@ -8,8 +8,7 @@ Usage (from the repository root):
 ``segmentation``: classical segmentation of synthetic images (``generate_image(size=S,
 seed=(1, k))``, k < ``--n``) against their true cell labels, one-to-one at IoU >= 0.6
 (:func:`hpa_kit.segment.match_labels`, pooled over images), with the unscaled defaults
-(:class:`hpa_kit.segment.ClassicalSegmenter`) and with
-:class:`hpa_kit.demo.ScaledClassicalSegmenter` (``pixel_size = 2048 / S``), maps at scale
+(:class:`hpa_kit.segment.ClassicalSegmenter`) and with ``pixel_size = 2048 / S``, maps at scale
 0.5 and 1.0. ``tta``: re-predicts a finished demo's test set with its checkpoint and
 segmenter for each TTA set and scores each file (mAP, mask IoU >= 0.6). Torch uses one thread,
 as the demo does. Prints JSON lines.
@@ -24,7 +23,7 @@ from pathlib import Path
 
 
 def segmentation(sizes: list[int], n: int) -> None:
-    from hpa_kit.demo import HPA_SIZE, ScaledClassicalSegmenter
+    from hpa_kit.demo import HPA_SIZE
     from hpa_kit.segment import ClassicalSegmenter, match_labels
     from hpa_kit.synth import generate_image
 
@@ -33,7 +32,7 @@ def segmentation(sizes: list[int], n: int) -> None:
         for scale in (0.5, 1.0):
             segmenters = {
                 "default": ClassicalSegmenter(scale),
-                "scaled": ScaledClassicalSegmenter(scale, pixel_size=HPA_SIZE / size),
+                "scaled": ClassicalSegmenter(scale, pixel_size=HPA_SIZE / size),
             }
             for name, segmenter in segmenters.items():
                 tp = n_true = n_pred = 0
@@ -62,13 +61,14 @@ def segmentation(sizes: list[int], n: int) -> None:
 
 
 def tta(demo: Path) -> None:
-    from hpa_kit.demo import HPA_SIZE, ScaledClassicalSegmenter
+    from hpa_kit.demo import HPA_SIZE
     from hpa_kit.metric import score_submission
     from hpa_kit.predict import PredictOptions, predict_folder
+    from hpa_kit.segment import ClassicalSegmenter
 
     summary = json.loads((demo / "summary.json").read_text())
     config = summary["config"]
-    segmenter = ScaledClassicalSegmenter(config["seg_scale"], pixel_size=HPA_SIZE / config["size"])
+    segmenter = ClassicalSegmenter(config["seg_scale"], pixel_size=HPA_SIZE / config["size"])
     out_dir = demo / "bench_tta"
     out_dir.mkdir(exist_ok=True)
     for name in ("none", "seed", "d4"):

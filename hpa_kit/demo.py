@@ -215,22 +215,6 @@ def quick_config(**changes: Any) -> DemoConfig:
 # --------------------------------------------------------------------------- segmentation
 
 
-def ScaledClassicalSegmenter(  # noqa: N802 - the name of the class it replaces
-    scale: float = 0.5, *, pixel_size: float = 1.0
-) -> ClassicalSegmenter:
-    """Deprecated: use ``hpa_kit.segment.ClassicalSegmenter(scale, pixel_size=pixel_size)``,
-    which this returns (kept for benchmarks/bench_demo.py)."""
-    import warnings
-
-    warnings.warn(
-        "hpa_kit.demo.ScaledClassicalSegmenter is deprecated; use "
-        "hpa_kit.segment.ClassicalSegmenter(scale, pixel_size=...)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return ClassicalSegmenter(scale, pixel_size=pixel_size)
-
-
 # --------------------------------------------------------------------------- weak labels
 
 

@@ -12,7 +12,6 @@ import pytest
 from hpa_kit.demo import (
     MARKER,
     DemoConfig,
-    ScaledClassicalSegmenter,
     _prepare_out,
     baseline_predictions,
     quick_config,
@@ -41,10 +40,8 @@ def test_demo_segmenter_finds_synthetic_cells_the_default_misses():
     assert match_labels(synth.cell_labels, default_cells, threshold=0.6).tp == 0
 
 
-def test_demo_config_pixel_size_and_deprecated_scaled_segmenter():
-    with pytest.warns(DeprecationWarning, match="pixel_size"):
-        seg = ScaledClassicalSegmenter(0.5, pixel_size=4.0)
-    assert type(seg) is ClassicalSegmenter
+def test_segmenter_pixel_size_scales_the_size_thresholds():
+    seg = ClassicalSegmenter(0.5, pixel_size=4.0)
     assert seg.config == SegConfig(scale=0.5, pixel_size=4.0)
     # 5500 * (0.5 / 4)**2 = 85.9 -> 86 map pixels
     assert seg.config.sizes().min_cell_area == 86
