@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from segment_scenes import FG, blob, rect, scene_maps
 from skimage import filters, measure, morphology, segmentation
 
 from hpa_kit.segment import (
@@ -27,38 +28,10 @@ from hpa_kit.segment import (
 )
 from hpa_kit.segment._reference import reference_label_cell
 
-FG = 200  # foreground probability 200/255 = 0.78: above every threshold
 FULL, QUARTER = SegConfig(scale=1.0), SegConfig(scale=0.25)
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def _rect(shape, top, left, height, width):
-    mask = np.zeros(shape, bool)
-    mask[top : top + height, left : left + width] = True
-    return mask
-
-
-def _blob(shape, top, left, width, n):
-    """Exactly ``n`` pixels, 4-connected: full rows of ``width`` then a partial row."""
-    mask = np.zeros(shape, bool)
-    rows, rest = divmod(n, width)
-    mask[top : top + rows, left : left + width] = True
-    mask[top + rows, left : left + rest] = True
-    assert mask.sum() == n
-    return mask
-
-
-def _maps(shape, *, nucleus, cell, seed=None):
-    """Maps with foreground FG on ``nucleus`` / ``cell``; nuclei border 255 on nucleus - seed."""
-    nuclei_maps = np.zeros((*shape, 3), np.uint8)
-    cell_maps = np.zeros((*shape, 3), np.uint8)
-    nuclei_maps[..., 2][nucleus] = FG
-    if seed is not None:
-        nuclei_maps[..., 1][nucleus & ~seed] = 255
-    cell_maps[..., 2][cell] = FG
-    return nuclei_maps, cell_maps
 
 
 # --- constants -------------------------------------------------------------------------------
@@ -277,10 +250,10 @@ def test_relabel_of_a_mask_matches_measure_label():
 def test_seed_area_boundary(config, n, kept):
     k = 4 if config is FULL else 1  # geometry in quarter-scale units, x4 at full scale
     shape = (48 * k, 48 * k)
-    cell = _rect(shape, 4 * k, 4 * k, 40 * k, 40 * k)
-    nucleus = _rect(shape, 12 * k, 12 * k, 20 * k, 20 * k)
-    seed = _blob(shape, 16 * k, 14 * k, 6 * k, n)
-    nuclei, cells = label_cells(*_maps(shape, nucleus=nucleus, cell=cell, seed=seed), config)
+    cell = rect(shape, 4 * k, 4 * k, 40 * k, 40 * k)
+    nucleus = rect(shape, 12 * k, 12 * k, 20 * k, 20 * k)
+    seed = blob(shape, 16 * k, 14 * k, 6 * k, n)
+    nuclei, cells = label_cells(*scene_maps(shape, nucleus=nucleus, cell=cell, seed=seed), config)
     assert cells.max() == (1 if kept else 0)
     if kept:  # the one seed grows over the whole nucleus mask
         assert (nuclei == 1).sum() == nucleus.sum()
@@ -291,11 +264,11 @@ def test_seed_area_boundary(config, n, kept):
 def test_hole_area_boundary(config, n, filled):
     k = 4 if config is FULL else 1
     shape = (48 * k, 48 * k)
-    cell = _rect(shape, 4 * k, 4 * k, 40 * k, 40 * k)
-    nucleus = _rect(shape, 10 * k, 10 * k, 26 * k, 26 * k)
-    hole = _blob(shape, 16 * k, 16 * k, 10 * k, n)
+    cell = rect(shape, 4 * k, 4 * k, 40 * k, 40 * k)
+    nucleus = rect(shape, 10 * k, 10 * k, 26 * k, 26 * k)
+    hole = blob(shape, 16 * k, 16 * k, 10 * k, n)
     nucleus &= ~hole
-    nuclei, cells = label_cells(*_maps(shape, nucleus=nucleus, cell=cell), config)
+    nuclei, cells = label_cells(*scene_maps(shape, nucleus=nucleus, cell=cell), config)
     assert cells.max() == 1
     assert (nuclei == 1).sum() == nucleus.sum() + (n if filled else 0)
 
@@ -308,9 +281,9 @@ def test_mask_speck_boundary(n, kept):
     shape = (120, 120)
     maps = np.zeros((*shape, 3), np.uint8)
     maps[20:100, 20:100, 2] = 80  # 0.31: seed level, below the 0.4 mask level
-    maps[..., 2][_blob(shape, 50, 50, 4, n)] = FG
+    maps[..., 2][blob(shape, 50, 50, 4, n)] = FG
     cell_maps = np.zeros_like(maps)
-    cell_maps[..., 2][_rect(shape, 10, 10, 100, 100)] = FG
+    cell_maps[..., 2][rect(shape, 10, 10, 100, 100)] = FG
     nuclei, cells = label_cells(maps, cell_maps, config)
     assert cells.max() == (1 if kept else 0)
     assert (nuclei > 0).sum() == (n if kept else 0)
@@ -321,9 +294,9 @@ def test_mask_speck_boundary(n, kept):
 def test_nucleus_area_boundary(config, n, kept):
     k = 4 if config is FULL else 1
     shape = (48 * k, 48 * k)
-    cell = _rect(shape, 4 * k, 4 * k, 40 * k, 40 * k)
-    nucleus = _blob(shape, 12 * k, 12 * k, 13 * k, n)
-    nuclei, cells = label_cells(*_maps(shape, nucleus=nucleus, cell=cell), config)
+    cell = rect(shape, 4 * k, 4 * k, 40 * k, 40 * k)
+    nucleus = blob(shape, 12 * k, 12 * k, 13 * k, n)
+    nuclei, cells = label_cells(*scene_maps(shape, nucleus=nucleus, cell=cell), config)
     assert cells.max() == (1 if kept else 0)
     assert (nuclei == 1).sum() == (n if kept else 0)
 
@@ -339,12 +312,12 @@ def test_cell_area_boundary(config, final, kept):
     height, width = final
     rim = 2 if config is FULL else 0
     shape = (height + 20, width + 20)
-    cell = _rect(shape, 10 - rim, 10 - rim, height + 2 * rim, width + 2 * rim)
-    nucleus = _rect(shape, 11, 20, 40, 70) if config is FULL else _rect(shape, 11, 12, 5, 32)
-    nuclei, cells = label_cells(*_maps(shape, nucleus=nucleus, cell=cell), config)
+    cell = rect(shape, 10 - rim, 10 - rim, height + 2 * rim, width + 2 * rim)
+    nucleus = rect(shape, 11, 20, 40, 70) if config is FULL else rect(shape, 11, 12, 5, 32)
+    nuclei, cells = label_cells(*scene_maps(shape, nucleus=nucleus, cell=cell), config)
     if kept:
         assert cells.max() == 1
-        np.testing.assert_array_equal(cells == 1, _rect(shape, 10, 10, height, width))
+        np.testing.assert_array_equal(cells == 1, rect(shape, 10, 10, height, width))
         assert (nuclei == 1).sum() == nucleus.sum()
     else:
         assert cells.max() == 0 and nuclei.max() == 0
@@ -366,7 +339,7 @@ def test_separate_disks_give_one_cell_per_nucleus():
     for center in centers:
         nucleus |= _disk(shape, center, 9)
         cell |= _disk(shape, center, 22)
-    nuclei, cells = label_cells(*_maps(shape, nucleus=nucleus, cell=cell), QUARTER)
+    nuclei, cells = label_cells(*scene_maps(shape, nucleus=nucleus, cell=cell), QUARTER)
     assert cells.dtype == np.int32 and nuclei.dtype == np.int32
     assert cells.max() == 3
     for center in centers:  # raster order of first pixel = order of the centres here
@@ -381,9 +354,9 @@ def test_touching_cells_split_at_the_border_line():
     """Two nuclei in one cell region with a border line (foreground gap + cell border channel)
     between them: two cells that meet at the line, each around its own nucleus."""
     shape = (40, 80)
-    nucleus = _rect(shape, 12, 10, 14, 14) | _rect(shape, 12, 54, 14, 14)
-    cell = _rect(shape, 5, 5, 30, 70)
-    nuclei_maps, cell_maps = _maps(shape, nucleus=nucleus, cell=cell)
+    nucleus = rect(shape, 12, 10, 14, 14) | rect(shape, 12, 54, 14, 14)
+    cell = rect(shape, 5, 5, 30, 70)
+    nuclei_maps, cell_maps = scene_maps(shape, nucleus=nucleus, cell=cell)
     cell_maps[5:35, 44:46, 2] = 0  # gap in the foreground ...
     cell_maps[5:35, 44:46, 1] = 128  # ... which the border channel marks
     nuclei, cells = label_cells(nuclei_maps, cell_maps, QUARTER)
@@ -403,9 +376,9 @@ def test_touching_cells_split_at_the_border_line():
 
 def test_without_border_line_touching_cells_split_between_nuclei():
     shape = (40, 80)
-    nucleus = _rect(shape, 12, 10, 14, 14) | _rect(shape, 12, 54, 14, 14)
-    cell = _rect(shape, 5, 5, 30, 70)
-    nuclei, cells = label_cells(*_maps(shape, nucleus=nucleus, cell=cell), QUARTER)
+    nucleus = rect(shape, 12, 10, 14, 14) | rect(shape, 12, 54, 14, 14)
+    cell = rect(shape, 5, 5, 30, 70)
+    nuclei, cells = label_cells(*scene_maps(shape, nucleus=nucleus, cell=cell), QUARTER)
     assert cells.max() == 2
     assert cells[18, 15] != cells[18, 60]
     left, right = (cells == cells[18, 15]).sum(), (cells == cells[18, 60]).sum()
@@ -417,9 +390,9 @@ def test_border_sum_wrap(wrap, expected_cells):
     """Border channels 200 + 100 wrap to 44 in uint8 (not a border: the two nuclei share one
     seed, as in hpacellseg); added without overflow they make a border that splits them."""
     shape = (40, 80)
-    nucleus = _rect(shape, 12, 10, 14, 26) | _rect(shape, 12, 44, 14, 26)
-    cell = _rect(shape, 5, 5, 30, 70)
-    nuclei_maps, cell_maps = _maps(shape, nucleus=nucleus, cell=cell)
+    nucleus = rect(shape, 12, 10, 14, 26) | rect(shape, 12, 44, 14, 26)
+    cell = rect(shape, 5, 5, 30, 70)
+    nuclei_maps, cell_maps = scene_maps(shape, nucleus=nucleus, cell=cell)
     nuclei_maps[12:26, 36:44, 2] = FG  # a bridge joining the two nuclei
     nuclei_maps[12:26, 38:42, 1] = 200
     cell_maps[12:26, 38:42, 1] = 100
@@ -438,7 +411,7 @@ def test_more_than_255_cells_keep_distinct_ids():
         for j in range(grid):
             cell[i * period + 3 : i * period + 27, j * period + 3 : j * period + 27] = True
             nucleus[i * period + 8 : i * period + 22, j * period + 8 : j * period + 22] = True
-    nuclei, cells = label_cells(*_maps(shape, nucleus=nucleus, cell=cell), QUARTER)
+    nuclei, cells = label_cells(*scene_maps(shape, nucleus=nucleus, cell=cell), QUARTER)
     assert cells.max() == grid * grid == 324
     np.testing.assert_array_equal(np.unique(cells), np.arange(325))
     np.testing.assert_array_equal(np.bincount(cells.ravel())[1:], np.full(324, 24 * 24))

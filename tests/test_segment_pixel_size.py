@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+from segment_scenes import blob, rect, scene_maps
 
 from hpa_kit.cli import main
 from hpa_kit.io import read_label_image, resize_area, write_channels
@@ -21,34 +22,7 @@ from hpa_kit.segment import (
 )
 from hpa_kit.synth import generate_image, write_dataset
 
-FG = 200  # foreground probability 200/255: above every threshold
 HALF = SegConfig(scale=1.0, pixel_size=2.0)  # maps at the size of a 1024 px image of 2048 px
-
-
-def _rect(shape, top, left, height, width):
-    mask = np.zeros(shape, bool)
-    mask[top : top + height, left : left + width] = True
-    return mask
-
-
-def _blob(shape, top, left, width, n):
-    """Exactly ``n`` pixels, 4-connected: full rows of ``width`` then a partial row."""
-    mask = np.zeros(shape, bool)
-    rows, rest = divmod(n, width)
-    mask[top : top + rows, left : left + width] = True
-    mask[top + rows, left : left + rest] = True
-    assert mask.sum() == n
-    return mask
-
-
-def _maps(shape, *, nucleus, cell, seed=None):
-    nuclei_maps = np.zeros((*shape, 3), np.uint8)
-    cell_maps = np.zeros((*shape, 3), np.uint8)
-    nuclei_maps[..., 2][nucleus] = FG
-    if seed is not None:
-        nuclei_maps[..., 1][nucleus & ~seed] = 255
-    cell_maps[..., 2][cell] = FG
-    return nuclei_maps, cell_maps
 
 
 def _cell_image(shape, center, body, nucleus):
@@ -119,9 +93,9 @@ def test_segmenter_config_must_match_pixel_size():
 @pytest.mark.parametrize(("n", "kept"), [(625, True), (624, False)])  # 2500 / 2**2
 def test_nucleus_area_boundary_at_pixel_size_2(n, kept):
     shape = (96, 96)
-    cell = _rect(shape, 8, 8, 80, 80)
-    nucleus = _blob(shape, 24, 24, 26, n)
-    maps = _maps(shape, nucleus=nucleus, cell=cell)
+    cell = rect(shape, 8, 8, 80, 80)
+    nucleus = blob(shape, 24, 24, 26, n)
+    maps = scene_maps(shape, nucleus=nucleus, cell=cell)
     nuclei, cells = label_cells(*maps, HALF)
     assert cells.max() == (1 if kept else 0)
     assert (nuclei == 1).sum() == (n if kept else 0)
@@ -132,10 +106,10 @@ def test_nucleus_area_boundary_at_pixel_size_2(n, kept):
 @pytest.mark.parametrize(("n", "kept"), [(125, True), (124, False)])  # 500 / 2**2
 def test_seed_area_boundary_at_pixel_size_2(n, kept):
     shape = (96, 96)
-    cell = _rect(shape, 8, 8, 80, 80)
-    nucleus = _rect(shape, 24, 24, 40, 40)
-    seed = _blob(shape, 32, 28, 12, n)
-    nuclei, cells = label_cells(*_maps(shape, nucleus=nucleus, cell=cell, seed=seed), HALF)
+    cell = rect(shape, 8, 8, 80, 80)
+    nucleus = rect(shape, 24, 24, 40, 40)
+    seed = blob(shape, 32, 28, 12, n)
+    nuclei, cells = label_cells(*scene_maps(shape, nucleus=nucleus, cell=cell, seed=seed), HALF)
     assert cells.max() == (1 if kept else 0)
     if kept:
         assert (nuclei == 1).sum() == nucleus.sum()
