@@ -67,6 +67,7 @@ __all__ = [
     "read_image",
     "read_label_image",
     "resize_area",
+    "size_pair",
     "to_uint8",
     "write_channels",
     "write_label_image",
@@ -195,7 +196,12 @@ def _check_channels(channels: Sequence[str]) -> tuple[str, ...]:
     return tuple(channels)
 
 
-def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
+def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` of a size given as ``n`` (square) or ``(height, width)``.
+
+    >>> size_pair(512), size_pair((1728, 2048))
+    ((512, 512), (1728, 2048))
+    """
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         pair = (int(size), int(size))
     elif (
@@ -217,7 +223,7 @@ def resize_area(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     Area interpolation (``cv2.INTER_AREA``); keeps the dtype and the number of dimensions
     (2-D or HxWxC, any C). Not for label images (use nearest-neighbour there).
     """
-    height, width = _check_size(size)
+    height, width = size_pair(size)
     image = np.asarray(image)
     if image.ndim not in (2, 3) or image.size == 0:
         raise ImageShapeError(f"expected a non-empty HxW or HxWxC image, got shape {image.shape}")
@@ -250,7 +256,7 @@ def read_image(
     :class:`ChannelMismatchError` (naming the id and every channel's shape).
     """
     channels = _check_channels(channels)
-    target = None if size is None else _check_size(size)
+    target = None if size is None else size_pair(size)
     planes: dict[str, np.ndarray] = {}
     for color in channels:
         if color not in planes:

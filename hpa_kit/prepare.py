@@ -29,28 +29,13 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from hpa_kit.batch import BatchReport
+from hpa_kit.io import size_pair
 
 __all__ = ["SOURCE_EXTENSIONS", "find_sources", "prepare_images"]
 
 SOURCE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff")
 
 _ALREADY_DONE = "already done"
-
-
-def _size_pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
-        pair = (size, size)
-    elif (
-        isinstance(size, Sequence)
-        and len(size) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) for s in size)
-    ):
-        pair = (int(size[0]), int(size[1]))
-    else:
-        raise ValueError(f"size must be an int or a (height, width) pair of ints, got {size!r}")
-    if min(pair) < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
-    return pair
 
 
 def _check_workers(workers: int) -> int:
@@ -153,7 +138,7 @@ def prepare_images(
 
     from hpa_kit.io import CHANNELS, channel_path
 
-    pair = _size_pair(size)
+    pair = size_pair(size)
     workers = _check_workers(workers)
     channels = tuple(CHANNELS if channels is None else channels)
     src, dst = Path(src), Path(dst)

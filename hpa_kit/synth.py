@@ -211,16 +211,9 @@ class SynthDataset:
 
 
 def _size(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        height = width = int(size)
-    elif (
-        isinstance(size, Sequence)
-        and len(size) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
-    ):
-        height, width = int(size[0]), int(size[1])
-    else:
-        raise ValueError(f"size must be an int or (height, width) ints, got {size!r}")
+    from hpa_kit.io import size_pair
+
+    height, width = size_pair(size)
     if height < 32 or width < 32:
         raise ValueError(
             f"size must be at least 32 x 32 pixels, got (height, width) {(height, width)}"
