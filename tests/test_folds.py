@@ -110,6 +110,11 @@ def test_cli_folds(tmp_path, capsys):
     expected = make_folds(df.drop(columns="x"), n_splits=4, seed=2)
     pd.testing.assert_frame_equal(written, expected)
     assert "40 rows" in capsys.readouterr().out
+    raw = tmp_path / "raw.csv"
+    argv = ["folds", str(src), "--out", str(raw), "--n-splits", "4", "--seed", "2", "--no-balance"]
+    assert main(argv) == 0
+    expected_raw = make_folds(df.drop(columns="x"), n_splits=4, seed=2, balance=False)
+    pd.testing.assert_frame_equal(pd.read_csv(raw, dtype={"Label": str}), expected_raw)
 
 
 def test_balance_folds_moves_the_cheapest_row():

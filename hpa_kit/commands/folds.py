@@ -13,8 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="assign multi-label stratified folds to a training CSV",
         description=(
             "Read a CSV with an image id column and a label column of '8|5|0' strings, assign "
-            "each row to a fold with MultilabelStratifiedKFold (seeded shuffle) and write the "
-            "table with an int column 'fold'."
+            "each row to a fold with MultilabelStratifiedKFold (seeded shuffle), then even out "
+            "the fold sizes (floor or ceil of rows / folds) with the least change to the "
+            "class balance, and write the table with an int column 'fold'."
         ),
     )
     parser.add_argument("csv", help="training table, e.g. train.csv (ID,Label)")
@@ -22,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-splits", type=int, default=5, help="number of folds (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     parser.add_argument("--label-col", default="Label", help="label column (default Label)")
+    parser.add_argument(
+        "--no-balance",
+        action="store_true",
+        help="keep the raw MultilabelStratifiedKFold folds (sizes may differ by a few %%)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -35,7 +41,13 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         table = pd.read_csv(args.csv, dtype={args.label_col: str}, keep_default_na=False)
-        out = make_folds(table, n_splits=args.n_splits, seed=args.seed, label_col=args.label_col)
+        out = make_folds(
+            table,
+            n_splits=args.n_splits,
+            seed=args.seed,
+            label_col=args.label_col,
+            balance=not args.no_balance,
+        )
     except (OSError, ValueError) as exc:  # missing file, bad column, bad label (LabelError)
         print(f"hpa-kit folds: {args.csv}: {exc}", file=sys.stderr)
         return 2
