@@ -118,6 +118,7 @@ class ScaledSizes:
     min_cell_area: int
     closing_radius: int
     rim_cut: int
+    exact_floods: bool
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,20 @@ class SegConfig:
         rim_cut: depth (0 or 1) of the cut the hole filling makes where a cell meets the
             background (hpacellseg: 1); dropped at effective scales below 0.5, i.e. where one
             map pixel stands for more than 2 full-resolution pixels (:func:`scaled_cut`).
+        exact_floods: how the two cell watersheds (no watershed lines) run. True: over the
+            whole image, as hpacellseg's do, so pixels that two seeds reach at equal priority
+            go where scikit-image's heap order sends them (pixel parity with hpacellseg at
+            scale 1.0). False: over only the pixels left to flood and the labelled pixels next
+            to them, in their bounding box; the same flooding rule and, apart from such
+            equal-priority races, the same result, several times faster (the second cell
+            watershed otherwise pushes every cell pixel through the heap to grow a few
+            thousand border pixels). None (default): True at effective scales >= 0.5, False
+            below, where no full-resolution result exists to be identical to.
 
     >>> SegConfig().sizes()
-    ScaledSizes(min_seed_area=32, max_hole_area=63, min_mask_area=1, min_nucleus_area=157, min_cell_area=344, closing_radius=2, rim_cut=0)
+    ScaledSizes(min_seed_area=32, max_hole_area=63, min_mask_area=1, min_nucleus_area=157, min_cell_area=344, closing_radius=2, rim_cut=0, exact_floods=False)
     >>> SegConfig(scale=1.0, pixel_size=2.0).sizes()  # a 1024 px image of a 2048 px one
-    ScaledSizes(min_seed_area=125, max_hole_area=250, min_mask_area=2, min_nucleus_area=625, min_cell_area=1375, closing_radius=3, rim_cut=1)
+    ScaledSizes(min_seed_area=125, max_hole_area=250, min_mask_area=2, min_nucleus_area=625, min_cell_area=1375, closing_radius=3, rim_cut=1, exact_floods=True)
     """
 
     scale: float = 0.25
@@ -172,6 +182,7 @@ class SegConfig:
     closing_radius: int = 6
     rim_cut: int = 1
     pixel_size: float = 1.0
+    exact_floods: bool | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= 4):
@@ -184,6 +195,10 @@ class SegConfig:
                 raise ValueError(f"SegConfig.{name} must be an int >= 0, got {value!r}")
         if self.rim_cut not in (0, 1):
             raise ValueError(f"SegConfig.rim_cut must be 0 or 1, got {self.rim_cut!r}")
+        if self.exact_floods is not None and not isinstance(self.exact_floods, bool):
+            raise ValueError(
+                f"SegConfig.exact_floods must be True, False or None, got {self.exact_floods!r}"
+            )
 
     @property
     def effective_scale(self) -> float:
@@ -194,8 +209,9 @@ class SegConfig:
     def sizes(self, scale: float | None = None) -> ScaledSizes:
         """The integer sizes for maps at ``scale`` (default: ``self.scale``) of an image of
         ``self.pixel_size``: with ``s = scale / pixel_size``, areas x s^2 and radii x s, both
-        rounded up (:func:`scaled_area`, :func:`scaled_radius`), and the background cut of
-        the hole filling rounded to nearest (:func:`scaled_cut`)."""
+        rounded up (:func:`scaled_area`, :func:`scaled_radius`), the background cut of the
+        hole filling rounded to nearest (:func:`scaled_cut`), and ``exact_floods`` resolved
+        (None: ``s >= 0.5``)."""
         s = (self.scale if scale is None else scale) / self.pixel_size
         return ScaledSizes(
             min_seed_area=scaled_area(self.min_seed_area, s),
@@ -205,6 +221,7 @@ class SegConfig:
             min_cell_area=scaled_area(self.min_cell_area, s),
             closing_radius=scaled_radius(self.closing_radius, s),
             rim_cut=scaled_cut(self.rim_cut, s),
+            exact_floods=(s >= 0.5) if self.exact_floods is None else self.exact_floods,
         )
 
     def at_scale(self, scale: float) -> SegConfig:
