@@ -68,6 +68,7 @@ __all__ = [
     "blend_probs",
     "classify_crops",
     "load_ensemble",
+    "padded_batch",
     "predict_folder",
     "predict_image",
     "read_resume",
@@ -241,12 +242,19 @@ def classify_crops(
     tta: str = "seed",
     batch_size: int = 32,
     amp: bool = True,
+    pad_batches: bool | None = None,
 ) -> np.ndarray:
     """Probabilities ``(N, K)`` float32 of one classifier on RGBY uint8 crops ``(N, S, S, 4)``.
 
     Takes the checkpoint's channels from the RGBY planes, normalises ``(x / 255 - mean) / std``
     and runs :func:`hpa_kit.tta.tta_predict` (padding value = a black raw pixel) on the model's
     device, ``batch_size`` crops at a time. ``S`` should be ``config.input_size``.
+
+    ``pad_batches`` (default: on CUDA only) fills each batch with black crops up to the next
+    power of two (at most ``batch_size``) and drops their rows: images have any number of
+    cells, and every new batch shape costs the GPU libraries a warm-up, so a test set would
+    otherwise pay it for each cell count. Eval-mode models treat rows independently, so the
+    padding does not change the other rows' results (beyond float rounding of the kernels).
     """
     import torch
 
@@ -261,15 +269,31 @@ def classify_crops(
     std = torch.tensor(config.std, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
     fill = [-m / s for m, s in zip(config.mean, config.std, strict=True)]
     use_amp = amp and device.type == "cuda"
+    pad = device.type == "cuda" if pad_batches is None else pad_batches
     out = np.zeros((crops.shape[0], config.num_classes), dtype=np.float32)
     for start in range(0, crops.shape[0], batch_size):
         chunk = np.ascontiguousarray(crops[start : start + batch_size][..., index])
+        n = chunk.shape[0]
+        if pad and n < (rows := padded_batch(n, batch_size)):
+            chunk = np.concatenate([chunk, np.zeros((rows - n, *chunk.shape[1:]), chunk.dtype)])
         x = torch.from_numpy(chunk).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = (x / 255.0 - mean) / std
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             probs = tta_predict(model, x, tta=tta, fill=fill)
-        out[start : start + chunk.shape[0]] = probs.float().cpu().numpy()
+        out[start : start + n] = probs[:n].float().cpu().numpy()
     return out
+
+
+def padded_batch(n: int, batch_size: int) -> int:
+    """The batch size ``n`` crops are padded to: the next power of two, at most
+    ``batch_size`` (and at least ``n``).
+
+    >>> [padded_batch(n, 32) for n in (1, 2, 3, 5, 16, 17, 32)], padded_batch(20, 24)
+    ([1, 2, 4, 8, 16, 32, 32], 24)
+    """
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    return max(n, min(1 << (n - 1).bit_length(), batch_size))
 
 
 def blend_probs(cell_probs: np.ndarray, image_probs: np.ndarray, weight: float) -> np.ndarray:

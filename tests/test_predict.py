@@ -117,6 +117,36 @@ def test_classify_crops_scale_views_pad_with_black():
     np.testing.assert_allclose(seed, none, rtol=1e-6)
 
 
+class _BatchSizes(_ChannelMeans):
+    """_ChannelMeans that records the batch size of every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, x):
+        self.seen.append(x.shape[0])
+        return super().forward(x)
+
+
+def test_classify_crops_pads_batches_to_powers_of_two():
+    """With padding the model sees only power-of-two batches (at most batch_size), and the
+    results are those of the unpadded run; padding is off on the CPU by default."""
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (21, 8, 8, 4), dtype=np.uint8)
+    config = ClassifierConfig(arch="x", channels=RGBY, input_size=8)
+    padded, plain, default = _BatchSizes(), _BatchSizes(), _BatchSizes()
+    got = classify_crops(crops, padded, config, tta="none", batch_size=8, pad_batches=True)
+    want = classify_crops(crops, plain, config, tta="none", batch_size=8, pad_batches=False)
+    classify_crops(crops, default, config, tta="none", batch_size=8)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got.shape == (21, 19)
+    assert padded.seen == [8, 8, 8] and plain.seen == default.seen == [8, 8, 5]
+    seeded = _BatchSizes()
+    classify_crops(crops[:3], seeded, config, tta="seed", batch_size=8, pad_batches=True)
+    assert seeded.seen == [4] * 5  # every view of the one batch
+
+
 def test_classify_crops_rejects_bad_crops():
     config = ClassifierConfig(arch="x", channels=RGB, input_size=8)
     with pytest.raises(ValueError, match="RGBY uint8"):
