@@ -1150,6 +1150,18 @@ def section_predict(
 # --------------------------------------------------------------------------- main
 
 
+def _gpu_name(device: str) -> str:
+    """The GPU's name when ``device`` is a CUDA device torch can see, else "no GPU"."""
+    try:
+        import torch
+
+        if device.startswith("cuda") and torch.cuda.is_available():
+            return torch.cuda.get_device_name(torch.device(device))
+    except Exception:  # noqa: BLE001 - only a label for the summary line
+        pass
+    return "no GPU"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
@@ -1210,7 +1222,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--- {name}: {time.perf_counter() - t0:.1f} s", flush=True)
         summary = results.summary()
 
-    gpu = results.data["env"].get("gpu", "no GPU")
+    gpu = results.data["env"].get("gpu") or _gpu_name(args.device)
     print(
         f"=== summary ({args.device}, {gpu}): {summary['PASS']} PASS, {summary['FAIL']} FAIL, "
         f"{summary['SKIP']} SKIP in {summary['wall_s']} s"
