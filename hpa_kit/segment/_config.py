@@ -155,10 +155,11 @@ class SegConfig:
             go where scikit-image's heap order sends them (pixel parity with hpacellseg at
             scale 1.0). False: over only the pixels left to flood and the labelled pixels next
             to them, in their bounding box; the same flooding rule and, apart from such
-            equal-priority races, the same result, several times faster (the second cell
-            watershed otherwise pushes every cell pixel through the heap to grow a few
-            thousand border pixels). None (default): True at effective scales >= 0.5, False
-            below, where no full-resolution result exists to be identical to.
+            equal-priority races, the same result, faster (the second cell watershed
+            otherwise pushes every cell pixel through the heap to grow a few thousand border
+            pixels; the whole labelling ran 1.2-1.9x faster at 0.25 and 1.2-3x at 1.0 on the
+            sample maps, BENCHMARKS.md). None (default): True at effective scales >= 0.5,
+            False below, where no full-resolution result exists to be identical to.
 
     >>> SegConfig().sizes()
     ScaledSizes(min_seed_area=32, max_hole_area=63, min_mask_area=1, min_nucleus_area=157, min_cell_area=344, closing_radius=2, rim_cut=0, exact_floods=False)

@@ -261,7 +261,7 @@ def label_cells(
     (``SegConfig.rim_cut``, :func:`scaled_cut`): at 0.25 one pixel is four full-resolution
     pixels; contacts between two cells are still cut (diagonal ones too). Below 0.5 the two
     cell watersheds also flood only the pixels left to flood (``SegConfig.exact_floods``,
-    :func:`_flood`): several times faster, identical but for equal-priority races:
+    :func:`_flood`): faster, and identical but for equal-priority races:
 
     >>> maps = np.zeros((60, 60, 3), np.uint8)
     >>> maps[10:50, 10:50, 2] = 250  # one 40 x 40 object in both maps
