@@ -176,6 +176,45 @@ def test_interior_without_background_cut():
     np.testing.assert_array_equal(_label._interior(labels, cut_background=False), expected)
 
 
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_components_are_ndi_label_with_its_numbering_and_counts(connectivity):
+    """OpenCV's labelling must number components as ndi.label does (raster order of their first
+    pixel), serial or threaded (the large masks), and its areas must be the bincount."""
+    rng = np.random.default_rng(connectivity)
+    structure = ndi.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    masks = [np.zeros((0, 5), bool), np.zeros((4, 6), bool), np.ones((3, 7), bool),
+             rng.random((1, 50)) < 0.5, rng.random((50, 1)) < 0.5]  # fmt: skip
+    for _ in range(30):
+        shape = tuple(int(v) for v in rng.integers(2, 160, 2))
+        smooth = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.3, 2))
+        masks.append(smooth > rng.uniform(0.35, 0.6))
+    masks.append(ndi.gaussian_filter(rng.random((700, 900)), 1.5) > 0.5)
+    masks.append(masks[-1][::3, ::2])  # not contiguous
+    for mask in masks:
+        expected, count = ndi.label(mask, structure=structure, output=np.int32)
+        labels, n = _label._components(mask, connectivity)
+        assert labels.dtype == np.int32 and n == count
+        np.testing.assert_array_equal(labels, expected)
+        labels, areas = _label._components_and_areas(mask, connectivity)
+        np.testing.assert_array_equal(labels, expected)
+        np.testing.assert_array_equal(areas, np.bincount(expected.ravel(), minlength=1))
+
+
+@pytest.mark.parametrize("cut_background", [True, False])
+def test_interior_opencv_path_equals_shifted_comparisons(cut_background):
+    rng = np.random.default_rng(int(cut_background))
+    for shape in [(1, 9), (9, 1), (2, 2), (37, 51), (120, 97)]:
+        coarse = rng.integers(0, 6, (max(1, shape[0] // 5), max(1, shape[1] // 5)))
+        labels = cv2.resize(coarse.astype(np.int32), shape[::-1], interpolation=cv2.INTER_NEAREST)
+        labels[rng.random(shape) < 0.05] = 0
+        expected = _label._interior_shifted(labels, labels > 0, cut_background=cut_background)
+        got = _label._interior(labels, cut_background=cut_background)
+        np.testing.assert_array_equal(got, expected)
+        huge = np.where(labels > 0, labels.astype(np.int64) + 2**24, 0)  # past float32: numpy
+        np.testing.assert_array_equal(_label._interior(huge, cut_background=cut_background),
+                                      expected)  # fmt: skip
+
+
 def test_interior_matches_skimage_find_boundaries():
     rng = np.random.default_rng(0)
     labels = cv2.resize(
@@ -521,6 +560,43 @@ def test_flood_reduced_equals_skimage_without_ties(seed):
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(_label._flood(relief, markers, mask, exact=True), expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reduced_flood_with_lines_on_a_flat_relief(seed):
+    """hpacellseg's nuclei watershed: the mask as a flat relief, with watershed lines. With one
+    label nothing races, so the reduced flood is scikit-image's exactly; with several, pixels
+    may differ only where two fronts meet (within two pixels of a line or another label), and
+    few do."""
+    rng = np.random.default_rng(seed)
+    shape = (90, 110)
+    mask = np.zeros(shape, bool)
+    cores = np.zeros(shape, bool)
+    for r, c in rng.integers(10, 80, (9, 2)):
+        radius = int(rng.integers(7, 13))
+        mask |= ndi.distance_transform_edt(~_point(shape, r, c)) < radius
+        cores |= ndi.distance_transform_edt(~_point(shape, r, c)) < radius - 5
+    markers, _ = ndi.label(cores & (rng.random(shape) > 0.02), output=np.int32)
+    relief = mask.view(np.uint8)
+    for seeds in (markers, (markers > 0).astype(np.int32)):
+        expected = segmentation.watershed(relief, seeds, mask=mask, watershed_line=True)
+        got = _label._flood(relief, seeds, mask, exact=False, lines=True)
+        exact = _label._flood(relief, seeds, mask, exact=True, lines=True)
+        np.testing.assert_array_equal(exact, expected)
+        if seeds.max() == 1:
+            np.testing.assert_array_equal(got, expected)
+            continue
+        differ = got != expected
+        assert differ.sum() <= 0.02 * mask.sum() and not (differ & (seeds > 0)).any()
+        high = ndi.maximum_filter(np.where(mask, expected, -1), size=5)
+        low = ndi.minimum_filter(np.where(mask, expected, 2**30), size=5)
+        assert (high != low)[differ].all()  # a line or another label within two pixels
+
+
+def _point(shape, r, c):
+    out = np.zeros(shape, bool)
+    out[r, c] = True
+    return out
 
 
 def test_flood_with_nothing_to_flood_returns_the_masked_seeds():

@@ -150,16 +150,17 @@ class SegConfig:
         rim_cut: depth (0 or 1) of the cut the hole filling makes where a cell meets the
             background (hpacellseg: 1); dropped at effective scales below 0.5, i.e. where one
             map pixel stands for more than 2 full-resolution pixels (:func:`scaled_cut`).
-        exact_floods: how the two cell watersheds (no watershed lines) run. True: over the
-            whole image, as hpacellseg's do, so pixels that two seeds reach at equal priority
-            go where scikit-image's heap order sends them (pixel parity with hpacellseg at
-            scale 1.0). False: over only the pixels left to flood and the labelled pixels next
-            to them, in their bounding box; the same flooding rule and, apart from such
-            equal-priority races, the same result, faster (the second cell watershed
-            otherwise pushes every cell pixel through the heap to grow a few thousand border
-            pixels; the whole labelling ran 1.2-1.9x faster at 0.25 and 1.2-3x at 1.0 on the
-            sample maps, BENCHMARKS.md). None (default): True at effective scales >= 0.5,
-            False below, where no full-resolution result exists to be identical to.
+        exact_floods: how the three watersheds (nuclei, with lines; the two cell floods)
+            run. True: over the whole image, as hpacellseg's do, so pixels that two seeds
+            reach at equal priority go where scikit-image's heap order sends them (pixel
+            parity with hpacellseg at scale 1.0). False: over only the pixels left to flood
+            and the labelled pixels next to them, in their bounding box; the same flooding
+            rule and, apart from such equal-priority races (and the watershed lines they
+            place), the same result, faster (the second cell watershed otherwise pushes
+            every cell pixel through the heap to grow a few thousand border pixels, and the
+            nuclei watershed every seed pixel to flood a few hundred). None (default): True
+            at effective scales >= 0.5, False below, where no full-resolution result exists
+            to be identical to. Figures: BENCHMARKS.md, segmentation.
 
     >>> SegConfig().sizes()
     ScaledSizes(min_seed_area=32, max_hole_area=63, min_mask_area=1, min_nucleus_area=157, min_cell_area=344, closing_radius=2, rim_cut=0, exact_floods=False)
