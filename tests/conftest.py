@@ -21,7 +21,7 @@ def _samples_dir() -> Path | None:
     value = os.environ.get("HPA_KIT_SAMPLES")
     if not value:
         return None
-    path = Path(value)
+    path = Path(value).resolve()  # absolute: some tests run code in another directory
     return path if (path / "images").is_dir() else None
 
 
