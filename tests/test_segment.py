@@ -599,6 +599,31 @@ def _point(shape, r, c):
     return out
 
 
+def test_reduced_flood_settles_single_label_components_without_the_heap(monkeypatch):
+    shape = (40, 60)
+    relief = np.random.default_rng(5).permutation(shape[0] * shape[1]).reshape(shape)
+    mask = np.zeros(shape, bool)
+    mask[2:18, 2:28] = True  # seeds of one label (two of them): all of it gets that label
+    mask[22:38, 2:28] = True  # two labels: flooded by the heap
+    mask[2:38, 34:58] = True  # no seed: stays 0
+    markers = np.zeros(shape, np.int32)
+    markers[5, 5] = markers[14, 24] = 3
+    markers[25, 5], markers[35, 24] = 1, 2
+    for lines in (False, True):
+        expected = segmentation.watershed(relief, markers, mask=mask, watershed_line=lines)
+        got = _label._flood(relief, markers, mask, exact=False, lines=lines)
+        np.testing.assert_array_equal(got, expected)
+    boxes = []
+    watershed = segmentation.watershed
+    monkeypatch.setattr(
+        segmentation,
+        "watershed",
+        lambda image, *a, **k: boxes.append(image.shape) or watershed(image, *a, **k),
+    )
+    _label._flood(relief, markers, mask, exact=False)
+    assert boxes == [(18, 28)]  # the two-label component's box (16 x 26) grown by one pixel
+
+
 def test_flood_with_nothing_to_flood_returns_the_masked_seeds():
     markers = np.array([[1, 1, 0], [2, 2, 0]], np.int32)
     mask = np.array([[True, False, False], [True, True, False]])

@@ -260,9 +260,11 @@ def _flood(
 ) -> np.ndarray:
     """scikit-image's ``watershed(relief, markers, mask=mask, watershed_line=lines)`` as int32.
 
-    ``exact=False`` gives the heap only what can change: the pixels left to flood and the
-    labelled pixels 4-next to them (a labelled pixel with no such neighbour pushes nothing when
-    popped), within their bounding box. Every pixel is then reached in the same priority order
+    ``exact=False`` gives the heap only what can change. A 4-connected mask component seeded
+    by a single label is settled without it (every pixel gets that label; nothing races, no
+    line), one without seeds stays 0. In the others, the heap gets the pixels left to flood and
+    the labelled pixels 4-next to them (a labelled pixel with no such neighbour pushes nothing
+    when popped), within their bounding box. Every pixel is then reached in the same priority order
     from the same seeds, except that the seeds (all pushed at the same priority) are popped in
     heap-position order, which depends on every seed pushed: where two seeds of different labels
     race for a pixel at equal priority the winner may differ (or, with ``lines``, where the line
@@ -278,6 +280,9 @@ def _flood(
     todo = mask & (labels == 0)
     if not todo.any():  # nothing to flood: what scikit-image returns too
         return labels
+    todo = _fill_single_label_components(labels, mask, todo)
+    if not todo.any():
+        return labels
     near = cv2.dilate(todo.view(np.uint8), _CROSS.view(np.uint8)).view(bool)
     seeds = np.where(near, labels, 0)
     rows, cols = np.flatnonzero(near.any(axis=1)), np.flatnonzero(near.any(axis=0))
@@ -287,6 +292,29 @@ def _flood(
     )
     labels[box] = np.where(todo[box], grown, labels[box])
     return labels
+
+
+def _fill_single_label_components(
+    labels: np.ndarray, mask: np.ndarray, todo: np.ndarray
+) -> np.ndarray:
+    """Settle, in place in ``labels``, the pixels to flood (``todo``) that need no heap: those
+    of a 4-connected mask component whose seeds all carry one label (the flood gives every
+    pixel of it that label, and draws no line) or that has no seed (it stays 0). Returns the
+    pixels left to flood: those of components seeded by two labels or more.
+    """
+    components, count = _components(mask, 4)
+    seeded = labels > 0
+    which, ids = components[seeded], labels[seeded]
+    high = np.zeros(count + 1, np.int32)
+    np.maximum.at(high, which, ids)
+    low = np.full(count + 1, np.iinfo(np.int32).max, np.int32)
+    np.minimum.at(low, which, ids)
+    several = (high != low) & (high > 0)  # unseeded: high 0 (low stays at the maximum)
+    if several[1:].all():
+        return todo
+    settled = todo & ~several.take(components)
+    np.copyto(labels, np.where(several, 0, high).take(components), where=settled)
+    return todo & ~settled
 
 
 def label_cells(
