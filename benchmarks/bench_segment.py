@@ -21,9 +21,10 @@ same maps area-resized to 0.25 (what the networks produce at the project's defau
 time of each, speed ratio, the share of full-scale cells matched at IoU >= 0.5 by the fast
 result, and the mean IoU of matched cells.
 
-Reduced floods. Below scale 0.5 ``label_cells`` runs its two cell watersheds over only the
-pixels left to flood (``SegConfig.exact_floods``); at 1.0 it keeps scikit-image's whole-image
-calls for pixel parity with hpacellseg. To show what that asymmetry is worth, both modes run at
+Reduced floods. Below scale 0.5 ``label_cells`` runs its three watersheds over only the
+pixels left to flood, and settles mask components seeded by a single label without a heap
+(``SegConfig.exact_floods``); at 1.0 it keeps scikit-image's whole-image calls for pixel parity
+with hpacellseg. To show what that asymmetry is worth, both modes run at
 both scales: times, pixels that differ between the modes, and the speed ratio of the default
 0.25 path against each full-scale mode. Races need equal values, so the 0.25 comparison is
 repeated with the foregrounds multiplied by 1.5 and 3 and clipped at 255 (network softmax maps
@@ -282,7 +283,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows_split))
     print()
-    print("Exact (scikit-image over the whole image) vs reduced cell floods at both scales "
+    print("Exact (scikit-image over the whole image) vs reduced floods at both scales "
           "(differences in cell-label pixels; the ratios are of the default 0.25 path, reduced):")  # fmt: skip
     print()
     print("| image | size | 1.0 exact s | 1.0 reduced s | 1.0 pixels differing | "
