@@ -35,11 +35,12 @@ Timings. The CPU time per image of ``segment`` without the network forward: inpu
 maps, on the 2048 and the 3072 px samples; and the classical predictor (``classical_maps`` +
 ``maps_to_labels``), with its cell F1 against the hpacellseg masks.
 
-Where the time goes. During the ``label_cells`` / ``maps_to_labels`` runs the three
+Where the time goes. During the ``label_cells`` / ``maps_to_labels`` runs the
 ``skimage.segmentation.watershed`` calls are clocked (a thin wrapper, one ``perf_counter`` pair
-per call): their full/quarter ratio bounds the ratio of the whole, since a sum of parts is never
-faster-scaling than its fastest-scaling part, and the watersheds must stay scikit-image's own
-for label_cells to equal the reference at scale 1.0.
+per call; three at 1.0, up to three at 0.25, where reduced floods settle single-label
+components without one): the split shows which part bounds the ratio of the whole, since a
+sum of parts never scales better than its best-scaling part, and the watersheds at 1.0 must
+stay scikit-image's own whole-image calls for label_cells to equal the reference.
 
     HPA_KIT_SAMPLES=../shared/data/hpa-samples .venv/bin/python benchmarks/bench_segment.py
 """
@@ -276,7 +277,8 @@ def main() -> None:
     print("\n".join(rows_time))
     print()
     print("Where the time goes: label_cells at 1.0 vs maps_to_labels at 0.25, split into "
-          "the three skimage watersheds and the rest (the rest at 0.25 includes the upsampling):")  # fmt: skip
+          "the skimage watershed calls and the rest (the rest at 0.25 includes the upsampling "
+          "and the settling of single-label components):")  # fmt: skip
     print()
     print("| image | size | 1.0 s | watershed s | rest s | 0.25 + upsample ms | watershed ms | "
           "rest ms | watershed ratio | rest ratio | whole ratio |")  # fmt: skip
