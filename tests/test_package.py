@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 
 from hpa_kit import labels
 from hpa_kit.cli import COMMANDS, build_parser, main
+from hpa_kit.errors import RunError, UsageError
 
 HEAVY = ("torch", "timm", "pycocotools", "albumentations", "hpacellseg", "kaggle")
 
@@ -90,3 +92,54 @@ def test_format_labels_rejects_wrong_length_and_empty_vector():
         labels.format_labels([1.0, 0.0])
     with pytest.raises(labels.LabelError, match="threshold"):
         labels.format_labels(np.zeros(19))
+
+
+def test_top_level_api_is_lazy_and_complete():
+    import hpa_kit
+
+    assert sorted(hpa_kit.__all__) == sorted(["__version__", *hpa_kit._LAZY])
+    probe = "import hpa_kit\nhpa_kit.read_image\nhpa_kit.validate_submission"
+    assert _imported_after(probe) == set()  # the light names stay light
+    for name in hpa_kit._LAZY:
+        assert callable(getattr(hpa_kit, name)), name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        hpa_kit.nope  # noqa: B018
+
+
+def _failing(exc: BaseException):
+    def func(args):
+        raise exc
+
+    return func
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "text"),
+    [
+        (UsageError("folder x/ does not exist"), 2, "hpa-kit t: folder x/ does not exist"),
+        (RunError("every image failed"), 1, "hpa-kit t: every image failed"),
+        (OSError(28, "No space left on device", "out.csv"), 1, "No space left on device"),
+        (KeyError("id"), 1, "unexpected error: KeyError: 'id' (run with --debug"),
+        (KeyboardInterrupt(), 130, "hpa-kit t: interrupted"),
+    ],
+)
+def test_run_command_turns_failures_into_one_line(capsys, exc, code, text):
+    from hpa_kit.cli import run_command
+
+    assert run_command(_failing(exc), None, name="hpa-kit t") == code
+    err = capsys.readouterr().err
+    assert text in err and err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(type(exc)):
+        run_command(_failing(exc), None, name="hpa-kit t", debug=True)
+
+
+def test_debug_flag_is_accepted_before_and_after_the_command(tmp_path):
+    missing = os.fspath(tmp_path / "missing.csv")
+    for argv in (["--debug", "validate", missing], ["validate", missing, "--debug"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "hpa_kit", *argv, "--sample", missing],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 2, run.stderr
+        assert "unrecognized arguments" not in run.stderr
