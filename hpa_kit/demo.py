@@ -238,10 +238,10 @@ def write_cell_crops(
     a failing image is recorded and the others go on.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     from hpa_kit.crop import crop_cells
     from hpa_kit.io import read_image, write_channels
+    from hpa_kit.progress import progress_bar
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,7 +250,7 @@ def write_cell_crops(
     failures: dict[str, str] = {}
     has_fold = "fold" in table.columns
     records = table.to_dict("records")
-    for record in tqdm(records, desc="crops", unit="image", disable=not progress):
+    for record in progress_bar(records, enabled=progress, desc="crops", unit="image"):
         image_id = str(record["ID"])
         try:
             image = read_image(images_dir, image_id, channels=CHANNELS)

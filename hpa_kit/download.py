@@ -374,9 +374,8 @@ def download_public(
     failed (id -> cause, rejected list rows included). Writes ``labels_csv`` (default
     ``dst/labels.csv``) even when some ids failed.
     """
-    from tqdm.auto import tqdm
-
     from hpa_kit.io import CHANNELS, channel_path
+    from hpa_kit.progress import progress_bar
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
@@ -401,7 +400,7 @@ def download_public(
         else:
             todo.append((image_id, stem))
 
-    bar = tqdm(total=len(todo), desc="download-public", unit="image", disable=not progress)
+    bar = progress_bar(total=len(todo), enabled=progress, desc="download-public", unit="image")
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hpa-download")
     try:
         futures: dict[Future, str] = {

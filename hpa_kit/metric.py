@@ -333,9 +333,9 @@ def score_submission(
         index=False, name=None
     )
     if progress:
-        from tqdm.auto import tqdm
+        from hpa_kit.progress import progress_bar
 
-        rows = tqdm(rows, total=len(ref), desc="score", unit="image")
+        rows = progress_bar(rows, total=len(ref), desc="score", unit="image")
     for image_id, width, height, truth_text in rows:
         width, height = int(width), int(height)
         if image_id in sub_rows:

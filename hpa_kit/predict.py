@@ -673,8 +673,7 @@ def predict_folder(
     a JSON-lines file to append finished images to and to skip on a restart (``None`` = none).
     See the module docstring for the pipeline; the returned report lists failures.
     """
-    from tqdm.auto import tqdm
-
+    from hpa_kit.progress import progress_bar
     from hpa_kit.submission import (
         cells_prediction_string,
         placeholder_prediction_string,
@@ -763,13 +762,7 @@ def predict_folder(
     suspects: set[str] = set()  # in flight when a worker died: retried one at a time
     queue_a: deque[tuple[str, Future]] = deque()  # read (network) or full preparation
     queue_b: deque[tuple[str, Future | None, str | None]] = deque()  # network post-processing
-    bar = tqdm(
-        total=len(todo),
-        unit="img",
-        desc="predict",
-        disable=not options.progress,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(total=len(todo), enabled=options.progress, unit="img", desc="predict")
 
     def refill() -> None:
         limit = 1 if suspects else options.prefetch

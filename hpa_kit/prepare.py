@@ -134,9 +134,8 @@ def prepare_images(
     Raises ``FileNotFoundError`` when ``src`` is not a folder and ``ValueError`` for a bad
     ``size`` or ``workers`` or when ``dst`` is ``src``.
     """
-    from tqdm.auto import tqdm
-
     from hpa_kit.io import CHANNELS, channel_path
+    from hpa_kit.progress import progress_bar
 
     pair = size_pair(size)
     workers = _check_workers(workers)
@@ -160,7 +159,7 @@ def prepare_images(
         else:
             report.add_skipped(image_id, _ALREADY_DONE)
 
-    bar = tqdm(total=len(todo), desc="prepare", unit="image", disable=not progress)
+    bar = progress_bar(total=len(todo), enabled=progress, desc="prepare", unit="image")
     try:
         if workers == 1 or len(todo) <= 1:
             for image_id, files in todo.items():

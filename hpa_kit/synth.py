@@ -848,9 +848,9 @@ def write_dataset(
     ``progress=False`` hides the progress bar.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     from hpa_kit.io import write_channels, write_label_image
+    from hpa_kit.progress import progress_bar
     from hpa_kit.submission import placeholder_prediction_string, read_sample, write_submission
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -872,7 +872,7 @@ def write_dataset(
     truths: dict[str, str] = {}
     failures: dict[str, str] = {}
     num_cells = 0
-    for k in tqdm(range(int(n)), desc="synth", unit="image", disable=not progress):
+    for k in progress_bar(range(int(n)), enabled=progress, desc="synth", unit="image"):
         image_id = f"{id_prefix}_{k:05d}"
         try:
             synth = generate_image(size=(height, width), seed=(int(seed), k), config=config)

@@ -335,12 +335,10 @@ class _Run:
         )
 
     def _progress(self, iterable, *, total: int, desc: str):
-        from tqdm.auto import tqdm
+        from hpa_kit.progress import progress_bar
 
-        disable = not (self.config.progress and self.dist.is_main)
-        return tqdm(
-            iterable, total=total, desc=desc, leave=False, disable=disable, dynamic_ncols=True
-        )
+        enabled = self.config.progress and self.dist.is_main
+        return progress_bar(iterable, enabled=enabled, total=total, desc=desc, leave=False)
 
     def _autocast(self):
         if self.use_amp:

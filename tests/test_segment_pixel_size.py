@@ -212,6 +212,7 @@ def test_resume_fingerprint_records_pixel_size():
 
 
 @pytest.mark.parametrize("progress", [True, False])
-def test_write_dataset_progress_switch(tmp_path, capsys, progress):
+def test_write_dataset_progress_switch(tmp_path, capsys, monkeypatch, progress):
+    monkeypatch.setenv("HPA_KIT_PROGRESS", "1")  # capsys is not a terminal
     write_dataset(tmp_path / "d", n=1, size=96, seed=0, progress=progress)
     assert ("synth" in capsys.readouterr().err) is progress

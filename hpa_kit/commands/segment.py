@@ -60,9 +60,8 @@ def _run(args: argparse.Namespace) -> int:
     import math
     from pathlib import Path
 
-    from tqdm.auto import tqdm
-
     from hpa_kit.io import ImageError, list_image_ids, read_image, write_label_image
+    from hpa_kit.progress import progress_bar
     from hpa_kit.segment import ClassicalSegmenter, NetworkSegmenter
 
     images_dir, out = Path(args.images_dir), Path(args.out)
@@ -130,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
                 failures[image_id] = f"{type(exc).__name__}: {exc}"
 
     batch: list = []
-    for image_id in tqdm(ids, desc="segment", unit="image"):
+    for image_id in progress_bar(ids, desc="segment", unit="image"):
         try:
             batch.append((image_id, read_image(images_dir, image_id, ext=args.ext)))
         except (ImageError, OSError) as exc:

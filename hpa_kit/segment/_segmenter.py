@@ -245,9 +245,9 @@ def segment(
     images = list(images)
     starts = range(0, len(images), batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from hpa_kit.progress import progress_bar
 
-        starts = tqdm(starts, desc="segment", unit="batch")
+        starts = progress_bar(starts, desc="segment", unit="batch")
     results: list[tuple[np.ndarray, np.ndarray]] = []
     for start in starts:
         results.extend(segmenter.segment(images[start : start + batch_size]))
