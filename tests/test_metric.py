@@ -12,7 +12,7 @@ import pytest
 from hpa_kit.cli import main
 from hpa_kit.metric import average_precision, box_iou, match_detections, score_submission
 from hpa_kit.rle import empty_mask_string, encode_binary_mask, encode_label_image
-from hpa_kit.submission import SubmissionError, format_prediction_string
+from hpa_kit.submission import SubmissionError, format_prediction_string, validate_submission
 
 # --------------------------------------------------------------------------- helpers
 
@@ -328,3 +328,22 @@ def test_real_masks_score_one_against_themselves(samples_dir) -> None:
     assert set(result.ap) == {0, 1, 2, 7, 11, 17, 18}
     # Identical masks have identical boxes: bbox IoU is 1 too.
     assert score_submission(truth, truth, iou="bbox").map == 1.0
+
+
+# --------------------------------------------------------------------------- one parser
+
+
+@pytest.mark.parametrize(
+    "text",
+    [f"+1 0.5 {A}", f"1_0 0.5 {A}", f"\u0661 0.5 {A}", f"0 0_5 {A}", f"0 nan {A}", "0 0.5 a!b"],
+)
+def test_score_reads_predictions_by_the_submission_rules(text: str) -> None:
+    # One parser: score refuses exactly what validate reports, with the same words.
+    truth = _table({"img": [(0, 1, A)]})
+    sub = truth.assign(PredictionString=text)
+    problem = validate_submission(sub, truth).problems["img"][0]
+    with pytest.raises(SubmissionError) as info:
+        score_submission(sub, truth)
+    assert problem in str(info.value) and "img" in str(info.value)
+    with pytest.raises(SubmissionError, match="truth img"):
+        score_submission(truth, sub)  # the same rules for the truth file
