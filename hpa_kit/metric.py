@@ -3,7 +3,9 @@
 Rules (REFERENCE.md section 1, the host's re-implementation with the Open Images evaluator):
 
 1. Ground truth comes in the submission's own format, one triplet ``class 1 mask`` per true
-   (cell, class); its confidences are ignored. Truth masks that are empty are dropped.
+   (cell, class); its confidences are ignored. A truth triplet whose mask is empty is not a
+   cell, but its class still counts as present in that image (rule 2), as in the host's
+   evaluator: that image's detections of the class are then false positives, not ignored.
 2. Per image, only the classes present in that image's truth are evaluated: a prediction of
    any other class is ignored (``ignore_absent_classes=True``, the default). With ``False``
    such predictions count as false positives of their class.
@@ -23,12 +25,19 @@ Rules (REFERENCE.md section 1, the host's re-implementation with the Open Images
 IoU is computed on the run-length encodings (``iou="mask"``, pycocotools ``iou``) or on the
 bounding boxes of the masks (``iou="bbox"``, boxes from pycocotools ``toBbox``: a box covers
 whole pixels, ``[col, row, n_cols, n_rows]``). Each image's distinct mask strings are decoded
-once (masks repeat once per class) and one IoU matrix is computed per image.
+once (masks repeat once per class), the submission's a bounded number of bytes at a time, and
+the files are read one row at a time (:func:`hpa_kit.submission.iter_rows`,
+:class:`hpa_kit.submission.RowIndex`), so memory does not grow with the file.
 
-Ties in confidence are broken deterministically with a *stable* sort: within an image, the
-order of the PredictionString; across images, the order of the truth file's rows. (The Open
-Images evaluator sorts with ``np.argsort(scores)[::-1]``, whose order among equal scores is
-not specified; with distinct confidences the two agree.)
+Tie order. Equal confidences are ordered by a *stable* sort: within an image, in the order
+of the PredictionString; across images, in the order of the truth file's rows. So a score
+never depends on the numpy build or on array lengths. The host's evaluator sorts with
+``np.argsort(scores)[::-1]``, whose order among equal scores is unspecified (often the input
+order reversed), per image and class and again after pooling. With distinct confidences the
+two agree; on tie-heavy submissions (an image-level confidence copied to every cell) the order
+moves the mAP by up to about 0.01 (REFERENCE.md reports up to 0.012 against the host's
+order; BENCHMARKS.md has the figure for a reversed order). Break ties yourself (distinct
+confidences) if the exact host order matters.
 
 >>> average_precision([0.9, 0.8, 0.7], [True, False, True], num_truth=2)
 0.8333333333333333

@@ -347,3 +347,32 @@ def test_score_reads_predictions_by_the_submission_rules(text: str) -> None:
     assert problem in str(info.value) and "img" in str(info.value)
     with pytest.raises(SubmissionError, match="truth img"):
         score_submission(truth, sub)  # the same rules for the truth file
+
+
+# --------------------------------------------------------------------------- empty truth masks
+
+
+def test_empty_truth_mask_keeps_its_class_evaluated_as_the_host_does() -> None:
+    # REFERENCE.md: "A truth file with an empty mask: host mAP 0.333 where 'drop the entry
+    # first' gives 1.0". img2's truth holds class 0 with an empty mask: class 0 is evaluated
+    # in img2 without any cell, so img2's two class-0 detections are false positives.
+    # Pooled: 0.9 FP, 0.8 FP, 0.5 TP with 1 truth -> precision 1/3 at recall 1 -> AP 1/3.
+    truth = _table({"img1": [(0, 1, A)], "img2": [(0, 1, EMPTY)]})
+    sub = _table({"img1": [(0, 0.5, A)], "img2": [(0, 0.9, B), (0, 0.8, C)]})
+    result = score_submission(sub, truth)
+    assert result.map == pytest.approx(1 / 3)
+    assert result.num_truth == {0: 1} and result.num_detections == {0: 3}
+    # Dropping the empty entry first would make class 0 absent from img2 (ignored): AP 1.
+    dropped = _table({"img1": [(0, 1, A)], "img2": [(5, 1, A)]})
+    assert score_submission(sub, dropped).ap[0] == 1.0
+    # The switch does not matter here: class 0 is evaluated in img2 either way.
+    assert score_submission(sub, truth, ignore_absent_classes=False).ap[0] == pytest.approx(1 / 3)
+
+
+def test_class_with_only_empty_truth_masks_is_not_averaged() -> None:
+    # Class 3 is present (empty mask) but has no cell anywhere: not in the mean; its
+    # detections are counted nowhere.
+    truth = _table({"img": [(0, 1, A), (3, 1, EMPTY)]})
+    sub = _table({"img": [(0, 0.9, A), (3, 0.9, B)]})
+    result = score_submission(sub, truth)
+    assert result.ap == {0: 1.0} and result.num_truth == {0: 1}
