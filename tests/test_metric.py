@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -376,3 +378,38 @@ def test_class_with_only_empty_truth_masks_is_not_averaged() -> None:
     sub = _table({"img": [(0, 0.9, A), (3, 0.9, B)]})
     result = score_submission(sub, truth)
     assert result.ap == {0: 1.0} and result.num_truth == {0: 1}
+
+
+# --------------------------------------------------------------------------- CLI errors
+
+
+def _score_error(capsys, argv: list[str]) -> str:
+    assert main(["score", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    return captured.err
+
+
+def test_cli_score_named_errors(tmp_path, capsys) -> None:
+    truth = _table({"img": [(0, 1, A)]})
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    t = str(tmp_path / "truth.csv")
+    # An absurd width (OverflowError in int64 before): one line naming file, line and id.
+    absurd = truth.assign(ImageWidth="1" + "0" * 30)
+    absurd.to_csv(tmp_path / "absurd.csv", index=False)
+    err = _score_error(capsys, [str(tmp_path / "absurd.csv"), "--truth", t])
+    assert err == (
+        f"hpa-kit score: submission {tmp_path / 'absurd.csv'} line 2: ImageWidth "
+        "100000000000000000000... is larger than 16384 (ID 'img')\n"
+    )
+    err = _score_error(capsys, [t, "--truth", str(tmp_path / "absurd.csv")])
+    assert "truth" in err and "larger than 16384" in err
+    err = _score_error(capsys, [str(tmp_path), "--truth", t])
+    assert err == f"hpa-kit score: submission {tmp_path} is a directory, not a CSV file\n"
+    (tmp_path / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    err = _score_error(capsys, [str(tmp_path / "binary.csv"), "--truth", t])
+    assert "binary.csv line 1 is not UTF-8 text" in err
+    bomb = base64.b64encode(zlib.compress(b"0" * 2_000_000, 9)).decode()
+    truth.assign(PredictionString=f"0 0.5 {bomb}").to_csv(tmp_path / "bomb.csv", index=False)
+    err = _score_error(capsys, [str(tmp_path / "bomb.csv"), "--truth", t])
+    assert "submission img: mask" in err and "decompresses to more than 56 bytes" in err

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -565,3 +568,80 @@ def test_read_sample_rejects_repeats_and_empty_samples(tmp_path) -> None:
         read_sample(path)
     with pytest.raises(SubmissionError, match="has no rows"):
         read_sample(_csv(tmp_path, "empty.csv", ["ID,ImageWidth,ImageHeight"]))
+
+
+# --------------------------------------------------------------------------- CLI: warnings, errors
+
+
+def test_cli_validate_warns_about_rows_without_cells(tmp_path, capsys) -> None:
+    sample = _csv(tmp_path, "sample.csv", SAMPLE_LINES)
+    empty_cells = f"0 0.5 {E34} 3 0.25 {E34}"  # triplets, but every mask empty
+    lines = [HEADER, f"a,4,3,0 0.9 {M1}", f"b,4,3,0 1 {E34}", f"c,4,3,{empty_cells}"]
+    sub = _csv(tmp_path, "sub.csv", lines)
+    assert main(["validate", sub, "--sample", sample]) == 0  # a warning, not a failure
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("OK: 3 rows")
+    assert out[1] == (
+        "warning: 2 of 3 rows carry no cell prediction (placeholder '0 1 <empty mask>', "
+        "only empty masks, or an empty PredictionString)"
+    )
+    assert main(["validate", sub, "--sample", sample, "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["ok"] is True and report["n_rows_without_cells"] == 2
+    assert report["problems"] == {} and report["n_rows"] == 3
+    assert captured.err.startswith("hpa-kit validate: warning: 2 of 3 rows")
+    lines[1] = "a,4,3,"  # an empty PredictionString: a problem, and a row without cells
+    assert main(["validate", _csv(tmp_path, "e.csv", lines), "--sample", sample, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["n_rows_without_cells"] == 3
+    assert report["problems"] == {
+        "a": ["empty PredictionString (write the placeholder '0 1 <empty mask>')"]
+    }
+
+
+def _one_line_error(capsys, argv: list[str], code: int) -> str:
+    assert main(argv) == code
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    return captured.err
+
+
+def test_cli_validate_named_errors_for_unreadable_inputs(tmp_path, capsys) -> None:
+    sample = _csv(tmp_path, "sample.csv", SAMPLE_LINES)
+    good = _csv(tmp_path, "good.csv", [HEADER] + [f"{i},4,3,0 1 {E34}" for i in "abc"])
+    err = _one_line_error(capsys, ["validate", str(tmp_path), "--sample", sample], 2)
+    assert err == f"hpa-kit validate: submission {tmp_path} is a directory, not a CSV file\n"
+    err = _one_line_error(capsys, ["validate", good, "--sample", str(tmp_path)], 2)
+    assert f"sample {tmp_path} is a directory" in err
+    binary = tmp_path / "sub.csv.gz"
+    binary.write_bytes(gzip.compress(Path(good).read_bytes()))
+    err = _one_line_error(capsys, ["validate", str(binary), "--sample", sample], 2)
+    assert "sub.csv.gz line 1 is not UTF-8 text" in err
+    nul = tmp_path / "nul.csv"
+    nul.write_bytes(Path(good).read_bytes().replace(b"a,4", b"a\x00,4"))
+    err = _one_line_error(capsys, ["validate", str(nul), "--sample", sample], 2)
+    assert "nul.csv line 2 holds a NUL byte" in err
+    (tmp_path / "empty.csv").write_bytes(b"")
+    err = _one_line_error(capsys, ["validate", str(tmp_path / "empty.csv"), "--sample", sample], 2)
+    assert "empty.csv is empty: no header line" in err
+    (tmp_path / "link.csv").symlink_to(tmp_path / "gone.csv")
+    err = _one_line_error(capsys, ["validate", str(tmp_path / "link.csv"), "--sample", sample], 2)
+    assert "submission file not found" in err
+
+
+def test_cli_validate_names_the_id_of_a_truncated_file(tmp_path, capsys) -> None:
+    sample = _csv(tmp_path, "sample.csv", SAMPLE_LINES)
+    text = HEADER + "\n" + "".join(f"{i},4,3,0 0.5 {M1} 1 0.5 {M2}\n" for i in "abc")
+    path = tmp_path / "cut.csv"
+    path.write_text(text[: len(text) - 9])  # the last mask is cut
+    assert main(["validate", str(path), "--sample", sample]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("INVALID: 1 problem(s) in 1 id(s)")
+    assert "  c: triplet(s) [1]: mask " in out
+
+
+def test_submission_error_is_a_usage_error() -> None:
+    from hpa_kit.errors import UsageError
+
+    assert issubclass(SubmissionError, UsageError) and SubmissionError.exit_code == 2
