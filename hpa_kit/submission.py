@@ -102,6 +102,7 @@ _INTEGER_TEXT = re.compile(r"-?[1-9][0-9]*")
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _MASK_TEXT = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _SIZE_TEXT = re.compile(r"[1-9][0-9]*")
+_ID_TEXT = re.compile(r"[!#-&(-+\-.0-\[\]-~]+")  # printable ASCII but space , " ' / \\
 _ID_FORBIDDEN = {
     ",": "a comma",
     '"': "a quote",
@@ -317,6 +318,8 @@ def cells_prediction_string(
 
 def _id_problem(text: str) -> str | None:
     """Why ``text`` cannot be an image id (see the module docstring), or None."""
+    if _ID_TEXT.fullmatch(text) and ".." not in text:
+        return None
     if not text:
         return "empty ID"
     if text != text.strip():
