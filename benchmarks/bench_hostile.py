@@ -9,7 +9,9 @@ command: exit code, peak MB, seconds, the first line of stderr. Cases, all at 20
 - ``bomb``: one row whose mask token (~270 KB of text) inflates to ~280 MB of counts;
 - ``checkerboards``: one row of 100 distinct checkerboard masks (~1 MB file);
 - ``big``: a file of ``--mb`` MB (default 250) of realistic rows (40 cells x 19 classes);
-- ``extra_rows``: a file of ``--mb`` MB of tiny rows whose ids are not in the sample.
+- ``extra_rows``: a file of ``--mb`` MB of tiny rows whose ids are not in the sample;
+- ``long_row``: one row as long as a line may be (``MAX_LINE_BYTES``, 32 MiB) of the
+  shortest triplets (~1.2M), scored against itself as truth.
 
 Ties (``--ties``): scores a tie-heavy synthetic submission (every cell of an image carries
 the image's 19 confidences, as an image-level baseline does) as written and with every tie
@@ -143,12 +145,27 @@ def extra_rows_case(folder: Path, megabytes: float) -> tuple[Path, Path, Path]:
     return folder / "extra.csv", folder / "sample.csv", folder / "truth.csv"
 
 
+def long_row_case(folder: Path) -> tuple[Path, Path, Path]:
+    from hpa_kit.submission import MAX_LINE_BYTES
+
+    empty = empty_mask_string(SIZE, SIZE)
+    n = (MAX_LINE_BYTES - 100) // len(f"0 0.123 {empty} ")
+    row = " ".join(f"0 0.{i % 1000:03d} {empty}" for i in range(n))
+    write_sample(folder / "sample.csv", ["img"])
+    (folder / "long.csv").write_text(HEADER + f"img,{SIZE},{SIZE},{row}\n")
+    return folder / "long.csv", folder / "sample.csv", folder / "long.csv"
+
+
+CASES = ("bomb", "checkerboards", "big", "extra_rows", "long_row")
+
+
 def run_memory(megabytes: float, cases: list[str]) -> int:
     builders = {
         "bomb": bomb_case,
         "checkerboards": checkerboard_case,
         "big": lambda folder: big_case(folder, megabytes),
         "extra_rows": lambda folder: extra_rows_case(folder, megabytes),
+        "long_row": long_row_case,
     }
     for name in cases:
         with tempfile.TemporaryDirectory() as tmp:
@@ -223,12 +240,7 @@ def run_ties(n_images: int, size: int, seed: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=250.0, help="size of the large files (250)")
-    parser.add_argument(
-        "--cases",
-        nargs="+",
-        default=["bomb", "checkerboards", "big", "extra_rows"],
-        choices=["bomb", "checkerboards", "big", "extra_rows"],
-    )
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--ties", action="store_true", help="measure the tie order instead")
     parser.add_argument("--images", type=int, default=300, help="images for --ties (300)")
     parser.add_argument("--size", type=int, default=256, help="image side for --ties (256)")

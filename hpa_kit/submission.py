@@ -90,8 +90,8 @@ without a usable id (columns, a row with the wrong number of fields...)."""
 
 MAX_SIDE = 16384
 """Largest ImageWidth/ImageHeight accepted: 5x the largest test image (3072)."""
-MAX_LINE_BYTES = 64 * 2**20
-"""Longest CSV line accepted (64 MiB); a real row holds a few MB at most."""
+MAX_LINE_BYTES = 32 * 2**20
+"""Longest CSV line accepted (32 MiB): a real row holds a few MB (19 triplets per cell)."""
 
 _SAMPLE_COLUMNS = COLUMNS[:3]
 _MAX_PROBLEMS_PER_ID = 10
@@ -226,6 +226,7 @@ def _split_triplets(text: str, *, max_problems: int = 1) -> tuple[list[Triplet |
         ]
     triplets: list[Triplet | None] = []
     problems: list[str] = []
+    masks: dict[str, str] = {}  # one string object per distinct mask (a cell repeats it)
     for k in range(0, len(tokens), 3):
         cls, problem = _read_class(tokens[k])
         if problem is None:
@@ -233,7 +234,7 @@ def _split_triplets(text: str, *, max_problems: int = 1) -> tuple[list[Triplet |
         if problem is None:
             problem = _mask_problem(tokens[k + 2])
         if problem is None:
-            triplets.append((cls, conf, tokens[k + 2]))
+            triplets.append((cls, conf, masks.setdefault(tokens[k + 2], tokens[k + 2])))
             continue
         triplets.append(None)
         if len(problems) < max_problems:
