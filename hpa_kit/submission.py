@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpa_kit.errors import UsageError
-from hpa_kit.labels import NUM_CLASSES
+from hpa_kit.labels import NUM_CLASSES, class_index
 from hpa_kit.rle import RLEError, empty_mask_string, mask_area
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,7 +97,6 @@ _SAMPLE_COLUMNS = COLUMNS[:3]
 _MAX_PROBLEMS_PER_ID = 10
 _MAX_LISTED_IDS = 10_000
 
-_CLASS_BY_TEXT = {str(c): c for c in range(NUM_CLASSES)}
 _INTEGER_TEXT = re.compile(r"-?[1-9][0-9]*")
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _MASK_TEXT = re.compile(r"[A-Za-z0-9+/]+={0,2}")
@@ -146,7 +145,7 @@ def _mask_problem(text: object) -> str | None:
 def _read_class(text: str) -> tuple[int, str | None]:
     """A class token: one of ``0`` .. ``18`` exactly (int() would also take ``+1``, ``1_0``,
     ``01`` or non-ASCII digits)."""
-    value = _CLASS_BY_TEXT.get(text)
+    value = class_index(text)
     if value is not None:
         return value, None
     if _INTEGER_TEXT.fullmatch(text):  # a plain integer, and not one of the classes

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from hpa_kit.labels import LabelError, parse_label_list
 from hpa_kit.metric import score_submission
 from hpa_kit.rle import (
     RLEError,
@@ -225,3 +226,22 @@ def test_validate_of_a_zlib_bomb_stays_small(tmp_path) -> None:
     assert result["rc"] == 1
     assert "decompresses to more than 8388624 bytes" in result["out"]
     assert result["peak_mb"] < 300, result
+
+
+@FAST
+@given(
+    st.lists(
+        st.sampled_from(["0", "18", "19", "01", "\u0661", "\u00b2", "+1", " 7 ", "x"]),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_label_strings_raise_only_label_error(parts: list[str]) -> None:
+    # "\u00b2".isdigit() is True but int("\u00b2") fails: a plain ValueError before.
+    text = "|".join(parts)
+    try:
+        classes = parse_label_list(text)
+    except LabelError:
+        return
+    assert all(0 <= c <= 18 for c in classes)
+    assert all(p.strip() in {str(c) for c in range(19)} for p in parts)
