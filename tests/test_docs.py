@@ -5,6 +5,8 @@
 - every ``hpa-kit COMMAND`` the README names exists;
 - every ``--option`` written in docs/cli.md exists in the parser of the command whose section
   it is in, and every option of every command is written in that section;
+- every ``hpa_kit.module.name`` the README and docs/*.md write, and every name their code
+  imports from hpa_kit, exists;
 - every module of the package has its line in docs/development.md;
 - README.md stays a front door (under 300 lines);
 - the README's marked Python example names only what ``hpa_kit`` exports, and runs as written
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib
 import io
 import re
 import shlex
@@ -39,6 +42,8 @@ _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _CODE_SPAN = re.compile(r"`+[^`]*`+")
 _OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 _COMMAND = re.compile(r"\bhpa-kit ([a-z][a-z-]*)")
+_DOTTED = re.compile(r"(?<![\w/.-])hpa_kit(?:\.[A-Za-z_]\w*)+")
+_IMPORT = re.compile(r"^from (hpa_kit[\w.]*) import (\([^)]*\)|[^\n]*)", flags=re.MULTILINE)
 
 
 # --------------------------------------------------------------------------- markdown parsing
@@ -192,12 +197,49 @@ def test_cli_reference_options_exist_and_are_complete():
         command = _section_command(heading)
         allowed = every if command is None else _options(subparsers[command]) | top
         assert written <= allowed, f"docs/cli.md, {heading or 'top'}: {sorted(written - allowed)}"
-        if command is not None:
-            documented[command] = written
+        if command is not None:  # described = named in a row of the section's table
+            rows = "\n".join(line for line in lines if line.startswith("|"))
+            documented[command] = set(_OPTION.findall(rows))
     assert set(documented) == set(subparsers), "docs/cli.md needs one section per command"
     for command, parser in subparsers.items():
         missing = _options(parser) - {"--help", "--debug"} - documented[command]
-        assert not missing, f"docs/cli.md, hpa-kit {command}: options not described {missing}"
+        assert not missing, f"docs/cli.md, hpa-kit {command}: options without a table row {missing}"
+
+
+def _resolve(dotted: str) -> object:
+    """``hpa_kit.a.b.c`` as an object: the longest importable module, then attributes."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:end]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[end:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+def _named_in_docs(text: str) -> set[str]:
+    names = set(_DOTTED.findall(text))
+    for module, imported in _IMPORT.findall(text):
+        for item in imported.strip("()").split("#")[0].replace("\n", " ").split(","):
+            if item.strip():
+                names.add(f"{module}.{item.split(' as ')[0].strip()}")
+    return names
+
+
+@pytest.mark.parametrize(
+    "path", [README, *sorted(DOCS.glob("*.md"))], ids=lambda p: p.relative_to(ROOT).as_posix()
+)
+def test_hpa_kit_names_in_the_docs_exist(path):
+    missing = []
+    for dotted in sorted(_named_in_docs(path.read_text(encoding="utf-8"))):
+        try:
+            _resolve(dotted)
+        except (ImportError, AttributeError) as exc:
+            missing.append(f"{dotted} ({exc})")
+    assert not missing, f"{path.name} names what hpa_kit lacks: {missing}"
 
 
 def test_every_module_has_a_line_in_the_layout():
