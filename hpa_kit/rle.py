@@ -394,14 +394,17 @@ def _text_from_runs(runs: np.ndarray, height: int, width: int) -> str:
     return _text_from_coco_counts(coco["counts"])
 
 
-@functools.lru_cache(maxsize=64)
 def empty_mask_string(height: int, width: int) -> str:
     """Mask text of the all-False ``(height, width)`` mask (built from its one run, no pixels).
 
     >>> empty_mask_string(3072, 3072)
     'eNoLCAgIsAQABJ4Beg=='
     """
-    height, width = _check_size(height, width)
+    return _empty_mask_string(*_check_size(height, width))  # checked before the cache: 2.0 == 2
+
+
+@functools.lru_cache(maxsize=64)
+def _empty_mask_string(height: int, width: int) -> str:
     return _text_from_runs(np.array([height * width], dtype=np.int64), height, width)
 
 

@@ -479,3 +479,12 @@ def test_decoded_cache_is_bounded_by_bytes():
 def test_sizes_beyond_32_bit_runs_are_refused():
     with pytest.raises(RLEError, match="more than 2147483647 pixels"):
         empty_mask_string(65536, 65536)
+
+
+def test_size_checks_come_before_the_cache():
+    # (2.0, 3) hashes like (2, 3): a cache in front of the check would return the cached text.
+    assert empty_mask_string(2, 3) == encode_binary_mask(np.zeros((2, 3), dtype=bool))
+    with pytest.raises(RLEError, match="height must be an int"):
+        empty_mask_string(2.0, 3)
+    with pytest.raises(RLEError, match="width must be an int"):
+        empty_mask_string(2, True)
