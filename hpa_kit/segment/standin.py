@@ -207,7 +207,8 @@ def write_standin_weights(
 
     The nuclei network (seed ``seed``) is pickled whole inside ``nn.DataParallel``, the cell
     network (seed ``seed + 1``) whole, as hpacellseg's ``dpn_unet_nuclei_v1.pth`` and
-    ``dpn_unet_cell_3ch_v1.pth`` are; about 560 MB each. ``folder`` is created if needed.
+    ``dpn_unet_cell_3ch_v1.pth`` are; about 560 MB each, CPU tensors on any machine.
+    ``folder`` is created if needed.
 
     Returns ``(nuclei_path, cell_path)``, ready for
     :func:`hpa_kit.segment.load_segmentation_models` (or pass ``folder`` to
@@ -228,7 +229,9 @@ def write_standin_weights(
             "(pass overwrite=True to replace them)"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    nuclei = nn.DataParallel(build_standin("nuclei", seed=seed))
+    # DataParallel moves its module to cuda:0 on a machine with one GPU: back to the CPU, so
+    # that the files hold CPU tensors wherever they were written.
+    nuclei = nn.DataParallel(build_standin("nuclei", seed=seed)).cpu()
     _save(nuclei, paths[0])
     del nuclei
     _save(build_standin("cell", seed=seed + 1), paths[1])
