@@ -212,12 +212,11 @@ def test_predict_maps_and_segmenter_keep_the_output_contract(segmenter):
             assert m.dtype == np.uint8 and m.flags.c_contiguous
             assert not m[..., 0].any()
             assert m[..., 2].min() < 50 and m[..., 2].max() > 200  # the maps show blobs
-    labelled = segmenter.segment(images)
-    for nuclei, cells in labelled:
-        assert nuclei.shape == cells.shape == (256, 320)
-        assert nuclei.dtype == cells.dtype == np.int32
-        assert cells.max() > 0
-        assert set(np.unique(nuclei[nuclei > 0])) <= set(np.unique(cells[cells > 0]))
+    ((nuclei, cells),) = segmenter.segment(images[:1])
+    assert nuclei.shape == cells.shape == (256, 320)
+    assert nuclei.dtype == cells.dtype == np.int32
+    assert cells.max() > 0
+    assert set(np.unique(nuclei[nuclei > 0])) <= set(np.unique(cells[cells > 0]))
 
 
 def test_import_hpa_kit_segment_does_not_import_torch():

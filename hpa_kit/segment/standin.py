@@ -37,6 +37,7 @@ This module imports torch and timm; ``import hpa_kit.segment`` does not import i
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -174,6 +175,12 @@ class Cost(NamedTuple):
     input_shape: tuple[int, int, int, int]
 
 
+@functools.lru_cache(maxsize=1)
+def _meta_model() -> StandInUNet:
+    """One stand-in on the meta device (shapes only, no memory), shared by the cost counts."""
+    return build_standin("nuclei", device="meta")
+
+
 def standin_cost(*, rows: int = 512, cols: int = 512, batch: int = 1) -> Cost:
     """Parameters and forward FLOPs of one stand-in network, counted on the meta device.
 
@@ -191,7 +198,7 @@ def standin_cost(*, rows: int = 512, cols: int = 512, batch: int = 1) -> Cost:
             f"input {batch}x3x{rows}x{cols}: rows and cols must be positive multiples of "
             f"{STRIDES[-1]} and batch >= 1"
         )
-    model = build_standin("nuclei", device="meta")
+    model = _meta_model()
     shape = (batch, 3, rows, cols)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
