@@ -6,9 +6,11 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -16,11 +18,15 @@ import jupytext
 import nbformat
 import pandas as pd
 import pytest
-from fake_kaggle import FakeKaggle, client_env
+from fake_kaggle import FakeKaggle, client_env, run_delivery, write_wheel
 from nbrun import make_kernelspec, outputs_text, run_notebook
 
 from hpa_kit.delivery import (
+    TIMEOUT_ENV,
+    UPLOAD_TIMEOUT_ENV,
     DeliveryError,
+    DeliveryUsageError,
+    KaggleTimeouts,
     push_dataset,
     render_kernel,
     render_template,
@@ -126,8 +132,8 @@ def test_render_kernel_rejects_short_slug(tmp_path):
 def test_stage_dataset_copies_only_wheels(tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    (wheels / "hpa_kit-0.1.0-py3-none-any.whl").write_bytes(b"abc")
-    (wheels / ".hidden-1.0-py3-none-any.whl").write_bytes(b"x")
+    write_wheel(wheels, "hpa_kit-0.1.0-py3-none-any.whl")
+    write_wheel(wheels, ".hidden-1.0-py3-none-any.whl")
     (wheels / "notes.txt").write_text("x")
     (wheels / "sub").mkdir()
     out = tmp_path / "stage"
@@ -145,7 +151,7 @@ def test_stage_dataset_copies_only_wheels(tmp_path):
 
 def test_stage_dataset_requires_the_hpa_kit_wheel(tmp_path):
     (tmp_path / "w").mkdir()
-    (tmp_path / "w" / "other-1.0-py3-none-any.whl").write_bytes(b"abc")
+    write_wheel(tmp_path / "w", "other-1.0-py3-none-any.whl")
     values = {"WHEELS_DATASET": "ann/hpa-kit-wheels", "WHEELS_TITLE": "hpa_kit wheels"}
     with pytest.raises(DeliveryError, match=r"no wheel of \['hpa_kit'\].*make wheels"):
         stage_dataset(tmp_path / "w", tmp_path / "s", template=WHEELS_TEMPLATE, values=values)
@@ -154,7 +160,7 @@ def test_stage_dataset_requires_the_hpa_kit_wheel(tmp_path):
 def test_stage_dataset_requires_named_wheels_whatever_their_spelling(tmp_path):
     (tmp_path / "w").mkdir()
     for name in ("hpa_kit-0.1.0-py3-none-any.whl", "PyYAML-6.0.4-cp312-cp312-any.whl"):
-        (tmp_path / "w" / name).write_bytes(b"abc")
+        write_wheel(tmp_path / "w", name)
     values = {"WHEELS_DATASET": "ann/hpa-kit-wheels", "WHEELS_TITLE": "hpa_kit wheels"}
     staged = stage_dataset(
         tmp_path / "w", tmp_path / "s", template=WHEELS_TEMPLATE, values=values,
@@ -176,8 +182,8 @@ def test_make_push_dataset_refuses_a_folder_missing_an_extra_wheel(fake, tmp_pat
         "push-dataset", env, "KAGGLE_USERNAME=tester", f"WHEELS_DIR={tmp_path}/wheels",
         f"DATASET_DIR={tmp_path}/stage",
     )  # fmt: skip
-    assert result.returncode != 0
-    assert "no wheel of ['PyYAML==6.0.4']" in result.stderr
+    assert result.returncode == 2
+    assert "no wheel of PyYAML==6.0.4 that CPython 3.12 on manylinux2014_x86_64" in result.stderr
     assert fake.calls == []
 
 
@@ -274,15 +280,18 @@ def _files_holding(root: Path, secret: str) -> list[str]:
 
 
 def _wheels_folder(path: Path) -> dict[str, bytes]:
+    """A folder like `make wheels` leaves for Kaggle (small valid wheels), plus a dotfile and
+    a sub-folder that must not be uploaded. Returns file name -> bytes of the wheels."""
     path.mkdir()
-    files = {
+    payloads = {
         "hpa_kit-0.1.0-py3-none-any.whl": os.urandom(70_001),
         "iterative_stratification-0.1.9-py3-none-any.whl": os.urandom(9_000),
         "pycocotools-2.0.11-cp312-abi3-manylinux_2_17_x86_64.whl": bytes(range(256)) * 50,
         "pyyaml-6.0.4-cp312-cp312-manylinux_2_17_x86_64.whl": os.urandom(1234),
     }
-    for name, data in files.items():
-        (path / name).write_bytes(data)
+    files = {
+        name: write_wheel(path, name, payload=data).read_bytes() for name, data in payloads.items()
+    }
     (path / ".DS_Store").write_bytes(b"junk")
     (path / "cache").mkdir()
     return files
@@ -389,6 +398,113 @@ def test_make_push_dataset_create_mode_fails_when_the_slug_exists(fake, tmp_path
     assert fake.calls_to("CreateDataset") == []
 
 
+# --------------------------------------------------------------------------- timeouts, redaction
+
+
+def test_make_push_kernel_times_out_on_a_server_that_never_answers(fake, tmp_path):
+    fake.hang_on = "SaveKernel"  # accepts the connection, reads the request, never answers
+    env = client_env(fake, tmp_path / "client")
+    env[TIMEOUT_ENV] = "1"
+    start = time.monotonic()
+    result = _make("push-kernel", env, "KAGGLE_USERNAME=tester", f"KERNEL_DIR={tmp_path}/k")
+    assert time.monotonic() - start < 30  # without a timeout: forever
+    assert result.returncode != 0
+    assert "Error 1" in result.stderr  # the push step's exit status
+    (line,) = [x for x in result.stderr.splitlines() if "timed out" in x]
+    assert "kernel push of tester/hpa-inference timed out: no answer to POST" in line
+    assert "/api/v1/kernels.KernelsApiService/SaveKernel within 1 s" in line
+    assert "HPA_KIT_KAGGLE_TIMEOUT" in line
+    assert len(fake.calls_to("SaveKernel")) == 1  # not retried
+    assert fake.key not in _output(result)
+
+
+def test_push_dataset_upload_times_out_with_its_own_limit(fake, tmp_path):
+    _wheels_folder(tmp_path / "wheels")
+    stage = tmp_path / "stage"
+    values = {"WHEELS_DATASET": "tester/hpa-kit-wheels", "WHEELS_TITLE": "hpa_kit wheels"}
+    stage_dataset(tmp_path / "wheels", stage, template=WHEELS_TEMPLATE, values=values)
+    fake.hang_on = "PUT"
+    env = client_env(fake, tmp_path / "client")
+    env[TIMEOUT_ENV] = "30"  # the API calls answer; only the upload limit may end this
+    result = run_delivery(env, "push-dataset", str(stage), "--upload-timeout", "1")
+    assert result.returncode == 1, _output(result)
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "dataset create of tester/hpa-kit-wheels timed out: no answer to PUT" in result.stderr
+    assert "within 1 s (to wait longer: --upload-timeout or HPA_KIT_KAGGLE_UPLOAD_TIMEOUT)" in (
+        result.stderr
+    )
+    assert len([c for c in fake.calls if c.method == "PUT"]) == 1  # no resume loop, no retry
+    assert fake.calls_to("CreateDataset") == []
+
+
+@pytest.mark.parametrize("credentials", ["env", "json", "token"])
+def test_make_push_kernel_redacts_a_key_the_server_echoes(tmp_path, credentials):
+    """The server's refusal quotes the credential the client sent; wherever the client found
+    it (KAGGLE_KEY, kaggle.json, KAGGLE_API_TOKEN), no output shows it."""
+    with FakeKaggle(key="fake-key-8d2c0e61b7a9", token="fake-token-41f9e3c07d55") as fake:
+        fake.echo_credentials = True
+        env = client_env(fake, tmp_path / "client", credentials=credentials)
+        result = _make("push-kernel", env, "KAGGLE_USERNAME=tester", f"KERNEL_DIR={tmp_path}/k")
+    assert result.returncode != 0
+    assert "Kaggle refused the kernel push of tester/hpa-inference: credential '***'" in (
+        result.stderr
+    )
+    assert len(fake.calls_to("SaveKernel")) == 1
+    for secret in (fake.key, fake.token):
+        assert secret not in _output(result)
+    assert _files_holding(tmp_path / "k", fake.key) == []
+
+
+def test_make_push_dataset_redacts_a_key_from_kaggle_json_in_an_http_error(tmp_path):
+    files = _wheels_folder(tmp_path / "wheels")
+    assert files
+    with FakeKaggle(key="fake-key-3b7e19d04c8f") as fake:
+        fake.echo_credentials = True
+        env = client_env(fake, tmp_path / "client", credentials="json")
+        assert "KAGGLE_KEY" not in env
+        result = _make(
+            "push-dataset",
+            env,
+            "KAGGLE_USERNAME=tester",
+            f"WHEELS_DIR={tmp_path}/wheels",
+            f"DATASET_DIR={tmp_path}/stage",
+        )
+    assert result.returncode != 0
+    assert "dataset status of tester/hpa-kit-wheels failed: HTTP 403: credential '***'" in (
+        result.stderr
+    )
+    assert fake.key not in _output(result)
+
+
+@pytest.mark.parametrize(
+    ("environ", "options", "expected"),
+    [
+        ({}, {}, (60.0, 300.0)),
+        ({TIMEOUT_ENV: "2.5", UPLOAD_TIMEOUT_ENV: "900"}, {}, (2.5, 900.0)),
+        ({TIMEOUT_ENV: "2.5"}, {"api": 7, "upload": 8}, (7.0, 8.0)),
+        ({TIMEOUT_ENV: " "}, {}, (60.0, 300.0)),
+    ],
+)
+def test_kaggle_timeouts_from_options_then_environment_then_defaults(environ, options, expected):
+    timeouts = KaggleTimeouts.from_env(environ, **options)
+    assert (timeouts.api, timeouts.upload) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "options", "message"),
+    [
+        ({TIMEOUT_ENV: "soon"}, {}, "HPA_KIT_KAGGLE_TIMEOUT='soon' is not a number"),
+        ({UPLOAD_TIMEOUT_ENV: "-1"}, {}, "upload timeout must be a positive number"),
+        ({}, {"api": 0}, "api timeout must be a positive number of seconds, got 0"),
+        ({}, {"api": float("inf")}, "api timeout must be a positive number"),
+        ({}, {"upload": float("nan")}, "upload timeout must be a positive number"),
+    ],
+)
+def test_kaggle_timeouts_refuse_what_is_not_a_positive_duration(environ, options, message):
+    with pytest.raises(DeliveryUsageError, match=re.escape(message)):
+        KaggleTimeouts.from_env(environ, **options)
+
+
 # --------------------------------------------------------------------------- offline install
 
 _NOT_ON_KAGGLE = ("iterative_stratification", "iterstrat", "pycocotools", "hpa_kit")
@@ -428,7 +544,8 @@ def _kaggle_like_site(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def built_wheels(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """`make wheels` without the network: the extra wheels come from a local folder of
-    wheels repacked from this venv. Returns the wheels folder and pip's environment."""
+    wheels repacked from this venv. Returns the wheels folder and the environment for the
+    Kaggle-like venvs (no pip configuration, no PYTHONPATH: they must not see the source)."""
     tmp = tmp_path_factory.mktemp("wheels")
     sources = tmp / "index"
     sources.mkdir()
@@ -447,12 +564,13 @@ def built_wheels(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         "KAGGLE_EXTRA_WHEELS=iterative-stratification==0.1.9 pycocotools==2.0.11",
     )
     assert result.returncode == 0, _output(result)
-    return wheels, env
+    return wheels, {k: v for k, v in env.items() if k != "PYTHONPATH"}
 
 
-def _fresh_venv(tmp_path: Path) -> tuple[Path, str]:
+def _fresh_venv(tmp_path: Path, env: dict[str, str]) -> tuple[Path, str]:
     """A venv that sees a Kaggle-like set of packages (torch, timm, ipykernel, ... but not
-    iterative-stratification, pycocotools or hpa_kit). Returns its python and purelib."""
+    iterative-stratification, pycocotools or hpa_kit) when run with ``env``. Returns its
+    python and purelib."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -463,17 +581,17 @@ def _fresh_venv(tmp_path: Path) -> tuple[Path, str]:
     (Path(purelib) / "kaggle_image.pth").write_text(f"{_kaggle_like_site(tmp_path / 'site')}\n")
     probe = "import importlib.util as u; print(u.find_spec('iterstrat'), u.find_spec('hpa_kit'))"
     before = subprocess.run(
-        [str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path
+        [str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env
     )
     assert before.stdout.split() == ["None", "None"], before.stdout + before.stderr
     return python, purelib
 
 
-def _installed_from(python: Path, purelib: str, cwd: Path) -> None:
+def _installed_from(python: Path, purelib: str, cwd: Path, env: dict[str, str]) -> None:
     check = subprocess.run(
         [str(python), "-c", "import hpa_kit, iterstrat, pycocotools.mask; "
          "print(hpa_kit.__file__); print(iterstrat.__file__); print(pycocotools.__file__)"],
-        capture_output=True, text=True, cwd=cwd, timeout=60,
+        capture_output=True, text=True, cwd=cwd, timeout=60, env=env,
     )  # fmt: skip
     assert check.returncode == 0, _output(check)
     for line in check.stdout.split():
@@ -484,13 +602,13 @@ def test_make_wheels_then_offline_install_in_a_fresh_venv(built_wheels, tmp_path
     wheels, env = built_wheels
     names = sorted(p.name for p in wheels.iterdir())
     assert len(names) == 3 and names[0].startswith("hpa_kit-"), names
-    python, purelib = _fresh_venv(tmp_path)
+    python, purelib = _fresh_venv(tmp_path, env)
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--no-index", "--find-links", str(wheels), "hpa_kit"],
         env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert install.returncode == 0, _output(install)
-    _installed_from(python, purelib, tmp_path)
+    _installed_from(python, purelib, tmp_path, env)
     cli = subprocess.run(
         [str(python.parent / "hpa-kit"), "--help"], capture_output=True, text=True, cwd=tmp_path
     )
@@ -514,7 +632,7 @@ def test_inference_notebook_installs_from_an_attached_wheels_dataset(built_wheel
     checkpoint = inputs / "hpa-kit-checkpoints" / "fold0"
     config = ClassifierConfig(arch="test_efficientnet", input_size=32)
     save_checkpoint(checkpoint, build_classifier("test_efficientnet", 3), config)
-    python, purelib = _fresh_venv(tmp_path)
+    python, purelib = _fresh_venv(tmp_path, env)
     settings = {
         "HPA_INPUT": str(inputs),  # wheels and checkpoints are found there
         "HPA_IMAGES": str(tmp_path / "synth" / "images"),
@@ -529,7 +647,7 @@ def test_inference_notebook_installs_from_an_attached_wheels_dataset(built_wheel
     nb = run_notebook(
         "hpa-inference", settings, jupyter, tmp_path, kernel_name="kaggle-like", base_env=env
     )
-    _installed_from(python, purelib, tmp_path)
+    _installed_from(python, purelib, tmp_path, env)
     text = outputs_text(nb)
     assert str(checkpoint) in text
     submission = tmp_path / "out" / "submission.csv"
