@@ -15,13 +15,31 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 install: $(STAMP)
 
+# What `make install` says before it starts: the versions come from requirements-pinned.txt;
+# the size and time were measured on a fresh venv on a 2-core machine with the local package
+# indexes of REFERENCE.md section 6 (BENCHMARKS.md, "Install").
+TORCH_PIN := $(shell sed -n 's/^torch==//p' requirements-pinned.txt)
+TORCHVISION_PIN := $(shell sed -n 's/^torchvision==//p' requirements-pinned.txt)
+PINNED_COUNT := $(shell grep -c '^[A-Za-z]' requirements-pinned.txt)
+INSTALL_SIZE ?= about 6.2 GB
+INSTALL_TIME ?= 4-7 min
+
 # Exact pins from requirements-pinned.txt (REFERENCE.md section 6), then the package editable.
+# pip runs quietly; each step and the result (time taken, size of the venv) are printed.
 $(STAMP): requirements-pinned.txt setup.cfg pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade "pip>=24" "setuptools>=64" wheel
-	$(PY) -m pip install --quiet -r requirements-pinned.txt
-	$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@echo "installing into $(VENV): torch $(TORCH_PIN) + torchvision $(TORCHVISION_PIN) (CUDA build," \
+	  "$(INSTALL_SIZE) in $(VENV), $(INSTALL_TIME) on a first install), the other" \
+	  "$$(( $(PINNED_COUNT) - 2 )) pins of requirements-pinned.txt, then hpa_kit (editable) and its dev tools"
+	@set -e; start=$$(date +%s); \
+	test -x $(PY) || { echo "[1/4] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }; \
+	echo "[2/4] pip, setuptools, wheel"; \
+	$(PY) -m pip install --quiet --upgrade "pip>=24" "setuptools>=64" wheel; \
+	echo "[3/4] the pinned packages (the torch download and unpacking take most of the time)"; \
+	$(PY) -m pip install --quiet -r requirements-pinned.txt; \
+	echo "[4/4] hpa_kit (editable) and its dev tools"; \
+	$(PY) -m pip install --quiet -e '.[dev]'; \
+	touch $(STAMP); \
+	echo "installed in $$(( $$(date +%s) - start )) s; $(VENV) holds $$(du -sh $(VENV)/. | cut -f1)"
 
 test: install
 	@if [ -d "$(SAMPLES)" ]; then export HPA_KIT_SAMPLES="$(SAMPLES)"; \

@@ -505,6 +505,41 @@ def test_kaggle_timeouts_refuse_what_is_not_a_positive_duration(environ, options
         KaggleTimeouts.from_env(environ, **options)
 
 
+# --------------------------------------------------------------------------- make install
+
+
+def test_make_install_says_what_it_installs_how_big_how_long_and_the_result(tmp_path):
+    """`make install` into a stand-in venv whose python records its arguments: the lines it
+    prints before (versions from requirements-pinned.txt, size, time) and after."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/../calls.log"\n')
+    python.chmod(0o755)
+    result = _make("install", dict(os.environ), f"VENV={venv}")
+    assert result.returncode == 0, _output(result)
+    requirements = [
+        line for line in (ROOT / "requirements-pinned.txt").read_text().splitlines()
+        if re.match(r"^[A-Za-z]", line)
+    ]  # fmt: skip
+    pins = dict(line.split("==") for line in requirements if "==" in line)
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        f"installing into {venv}: torch {pins['torch']} + torchvision {pins['torchvision']} "
+        f"(CUDA build, about 6.2 GB in {venv}, 4-7 min on a first install), the other "
+        f"{len(requirements) - 2} pins of requirements-pinned.txt, then hpa_kit (editable) and "
+        "its dev tools"
+    ), result.stdout
+    assert [x[:5] for x in lines[1:4]] == ["[2/4]", "[3/4]", "[4/4]"]
+    assert re.fullmatch(rf"installed in \d+ s; {venv} holds \d+(\.\d+)?[KMG]", lines[4]), lines
+    calls = (venv / "calls.log").read_text().splitlines()
+    assert [c.split()[:3] for c in calls] == [["-m", "pip", "install"]] * 3
+    assert "-r requirements-pinned.txt" in calls[1] and "-e .[dev]" in calls[2]
+    again = _make("install", dict(os.environ), f"VENV={venv}")
+    assert "installing" not in again.stdout  # up to date: silent
+    assert len((venv / "calls.log").read_text().splitlines()) == 3
+
+
 # --------------------------------------------------------------------------- offline install
 
 _NOT_ON_KAGGLE = ("iterative_stratification", "iterstrat", "pycocotools", "hpa_kit")
