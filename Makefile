@@ -41,9 +41,11 @@ $(STAMP): requirements-pinned.txt setup.cfg pyproject.toml
 	touch $(STAMP); \
 	echo "installed in $$(( $$(date +%s) - start )) s; $(VENV) holds $$(du -sh $(VENV)/. | cut -f1)"
 
-test: install
+# The tests run offline; the wheels of Kaggle's Python they check are fetched first, once.
+test: install kaggle-wheel-cache
 	@if [ -d "$(SAMPLES)" ]; then export HPA_KIT_SAMPLES="$(SAMPLES)"; \
 	  else echo "note: $(SAMPLES) not found; real-data tests will be skipped"; fi; \
+	export HPA_KIT_KAGGLE_WHEELS="$(abspath $(KAGGLE_WHEEL_CACHE))"; \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The whole pipeline on synthetic data, CPU only (README "Start here").

@@ -27,6 +27,7 @@ from hpa_kit.delivery import (
     DeliveryError,
     DeliveryUsageError,
     KaggleTimeouts,
+    check_wheel_set,
     push_dataset,
     render_kernel,
     render_template,
@@ -540,6 +541,173 @@ def test_make_install_says_what_it_installs_how_big_how_long_and_the_result(tmp_
     assert len((venv / "calls.log").read_text().splitlines()) == 3
 
 
+# --------------------------------------------------------------------------- Kaggle's Python
+
+KAGGLE_PLATFORMS = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"]
+KAGGLE_SET = ["hpa_kit", "iterative-stratification==0.1.9", "pycocotools==2.0.11", "PyYAML==6.0.4"]
+
+
+def _kaggle_set_folder(path: Path, *, pycocotools: str, pyyaml: str) -> Path:
+    path.mkdir()
+    for name in (
+        "hpa_kit-0.1.0-py3-none-any.whl",
+        "iterative_stratification-0.1.9-py3-none-any.whl",
+        f"pycocotools-2.0.11-{pycocotools}.whl",
+        f"pyyaml-6.0.4-{pyyaml}.whl",
+    ):
+        write_wheel(path, name)
+    return path
+
+
+def test_check_wheel_set_picks_a_wheel_for_cpython_312_of_each_requirement(tmp_path):
+    folder = _kaggle_set_folder(
+        tmp_path / "w",
+        pycocotools="cp312-abi3-manylinux_2_17_x86_64",
+        pyyaml="cp312-cp312-manylinux2014_x86_64",
+    )
+    write_wheel(folder, "pycocotools-2.0.11-cp311-cp311-manylinux_2_17_x86_64.whl")
+    picked = check_wheel_set(
+        folder, requirements=KAGGLE_SET, python_version="3.12", platforms=KAGGLE_PLATFORMS
+    )
+    assert picked == [
+        "hpa_kit-0.1.0-py3-none-any.whl",
+        "iterative_stratification-0.1.9-py3-none-any.whl",
+        "pycocotools-2.0.11-cp312-abi3-manylinux_2_17_x86_64.whl",
+        "pyyaml-6.0.4-cp312-cp312-manylinux2014_x86_64.whl",
+    ]
+
+
+def test_check_wheel_set_names_every_requirement_without_a_cp312_wheel(tmp_path):
+    folder = _kaggle_set_folder(
+        tmp_path / "w",
+        pycocotools="cp311-cp311-manylinux_2_17_x86_64",  # this machine's Python only
+        pyyaml="cp312-cp312-macosx_11_0_arm64",  # Kaggle's Python, another platform
+    )
+    with pytest.raises(DeliveryUsageError) as error:
+        check_wheel_set(
+            folder, requirements=KAGGLE_SET, python_version="3.12", platforms=KAGGLE_PLATFORMS
+        )
+    message = str(error.value)
+    assert message.startswith(
+        f"{folder}: no wheel of pycocotools==2.0.11, PyYAML==6.0.4 that CPython 3.12 on "
+        "manylinux2014_x86_64 / manylinux_2_17_x86_64 / manylinux_2_28_x86_64 can install"
+    ), message
+    assert "pycocotools-2.0.11-cp311-cp311-manylinux_2_17_x86_64.whl" in message  # found
+
+
+def test_check_wheel_set_reads_no_pip_configuration(tmp_path, monkeypatch):
+    """A find-links folder from pip's configuration must not make a short set pass."""
+    folder = _kaggle_set_folder(
+        tmp_path / "w", pycocotools="cp311-cp311-manylinux_2_17_x86_64",
+        pyyaml="cp312-cp312-manylinux2014_x86_64",
+    )  # fmt: skip
+    (tmp_path / "elsewhere").mkdir()
+    write_wheel(tmp_path / "elsewhere", "pycocotools-2.0.11-cp312-abi3-manylinux_2_17_x86_64.whl")
+    config = tmp_path / "pip.conf"
+    config.write_text(f"[global]\nfind-links = {tmp_path / 'elsewhere'}\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "elsewhere"))
+    with pytest.raises(DeliveryUsageError, match=r"no wheel of pycocotools==2\.0\.11 that"):
+        check_wheel_set(
+            folder, requirements=KAGGLE_SET, python_version="3.12", platforms=KAGGLE_PLATFORMS
+        )
+
+
+@pytest.fixture(scope="session")
+def kaggle_wheel_cache() -> Path:
+    """The wheels `make wheels` downloads (for Kaggle's Python and this one), fetched by
+    `make test` before the tests (`make kaggle-wheel-cache`) so that the tests run offline."""
+    value = os.environ.get("HPA_KIT_KAGGLE_WHEELS", "")
+    if not value:
+        pytest.skip("HPA_KIT_KAGGLE_WHEELS not set: run through `make test` (it fetches them)")
+    path = Path(value)
+    assert sorted(path.glob("pycocotools-*-cp312-*.whl")), (
+        f"{path}: no cp312 wheels; run `make kaggle-wheel-cache`"
+    )
+    return path
+
+
+def test_make_wheels_builds_a_set_kaggle_can_install(kaggle_wheel_cache, tmp_path):
+    """The real set, resolved offline for CPython 3.12 on manylinux x86_64 (what `make wheels`
+    and `make push-dataset` check); without its cp312 pycocotools wheel the check fails."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    wheels = tmp_path / "wheels"
+    result = _make(
+        "wheels", env, f"WHEELS_DIR={wheels}",
+        f"WHEELS_PIP_ARGS=--no-index --find-links {kaggle_wheel_cache}",
+    )  # fmt: skip
+    assert result.returncode == 0, _output(result)
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("wheels for CPython 3.12: ")]
+    picked = line.split(": ", 1)[1].split()
+    assert [_wheel_tags(name) for name in picked] == [
+        ("hpa_kit", "py3-none-any"),
+        ("iterative_stratification", "py3-none-any"),
+        ("pycocotools", "cp312-abi3-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64"),
+        ("pyyaml", "cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64"),
+    ]  # fmt: skip
+    assert sorted(wheels.glob("pycocotools-*-cp311-*.whl"))  # this Python's, for local installs
+    for path in wheels.glob("pycocotools-*-cp312-*.whl"):
+        path.unlink()
+    check = _make("check-wheels", env, f"WHEELS_DIR={wheels}")
+    assert check.returncode != 0
+    assert "no wheel of pycocotools==2.0.11 that CPython 3.12" in check.stderr
+
+
+def _wheel_tags(filename: str) -> tuple[str, str]:
+    name, _version, tags = filename[: -len(".whl")].split("-", 2)
+    return name, tags
+
+
+# The notebooks' install cell, run alone by an interpreter that has no hpa_kit installed
+# (`-S`: no site-packages; `-E`: no PYTHONPATH); its python is a stand-in recording pip's
+# arguments.
+NOTEBOOK_NAMES = ["hpa-explore", "hpa-inference", "hpa-train"]
+
+
+def _run_install_cell(name: str, cwd: Path, tmp_path: Path) -> list[str]:
+    (cell,) = [
+        c.source for c in jupytext.read(ROOT / "notebooks" / f"{name}.py").cells
+        if c.metadata.get("title", "").startswith("install")
+    ]  # fmt: skip
+    log = tmp_path / "pip-calls.log"
+    stub = tmp_path / "python-stub"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    stub.chmod(0o755)
+    config = (
+        "import importlib.util, subprocess, sys\n"
+        f"sys.executable = {str(stub)!r}\n"
+        f"WHEELS, HPA_KIT_SPEC, SEG_WEIGHTS, CLASSICAL = {str(tmp_path)!r}, '', '', True\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-E", "-c", config + cell],
+        cwd=cwd, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, _output(result)
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_install_cell_installs_over_a_bare_hpa_kit_folder(name, tmp_path):
+    """A folder named hpa_kit in the working directory (a source checkout, an unzipped
+    upload) makes `import hpa_kit` succeed as an empty namespace package: not an install."""
+    work = tmp_path / "work"
+    (work / "hpa_kit").mkdir(parents=True)
+    calls = _run_install_cell(name, work, tmp_path)
+    assert calls == [f"-m pip install --quiet --no-index --find-links {tmp_path} hpa_kit"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_install_cell_installs_when_missing_and_not_when_installed(name, tmp_path):
+    (tmp_path / "empty").mkdir()
+    calls = _run_install_cell(name, tmp_path / "empty", tmp_path)
+    assert calls == [f"-m pip install --quiet --no-index --find-links {tmp_path} hpa_kit"]
+    package = tmp_path / "installed" / "hpa_kit"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")  # a regular package: installed (or the source)
+    assert _run_install_cell(name, tmp_path / "installed", tmp_path) == calls  # no new call
+
+
 # --------------------------------------------------------------------------- offline install
 
 _NOT_ON_KAGGLE = ("iterative_stratification", "iterstrat", "pycocotools", "hpa_kit")
@@ -653,7 +821,8 @@ def test_make_wheels_then_offline_install_in_a_fresh_venv(built_wheels, tmp_path
 
 def test_inference_notebook_installs_from_an_attached_wheels_dataset(built_wheels, tmp_path):
     """The notebook's install cell, offline, in a Kaggle-like venv: it finds the wheels under
-    HPA_INPUT, installs hpa_kit and its missing dependencies, then predicts."""
+    HPA_INPUT, installs hpa_kit and its missing dependencies (even with a bare `hpa_kit`
+    folder in the working directory), then predicts."""
     import torch
 
     from hpa_kit.model import ClassifierConfig, build_classifier, save_checkpoint
@@ -668,6 +837,9 @@ def test_inference_notebook_installs_from_an_attached_wheels_dataset(built_wheel
     config = ClassifierConfig(arch="test_efficientnet", input_size=32)
     save_checkpoint(checkpoint, build_classifier("test_efficientnet", 3), config)
     python, purelib = _fresh_venv(tmp_path, env)
+    # A bare folder named hpa_kit in the working directory is a namespace package, not an
+    # install: the notebook installs the wheel anyway, and the wheel is what gets imported.
+    (tmp_path / "hpa_kit").mkdir()
     settings = {
         "HPA_INPUT": str(inputs),  # wheels and checkpoints are found there
         "HPA_IMAGES": str(tmp_path / "synth" / "images"),
