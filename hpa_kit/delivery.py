@@ -294,7 +294,8 @@ def render_kernel(
 
     ``notebook`` is a jupytext ``py:percent`` file (or an ``.ipynb``); the written notebook
     gets Kaggle's Python kernelspec, empty outputs and no jupytext pairing metadata, and is
-    named by the template's ``code_file``. ``out`` is emptied first. Returns ``out``.
+    named by the template's ``code_file``. ``out`` is emptied first (refused when it holds
+    files but no ``kernel-metadata.json``: not a folder this function wrote). Returns ``out``.
     """
     notebook, out, template = Path(notebook), Path(out), Path(template)
     meta = render_template(_read_text(template), values, source=str(template))
@@ -313,7 +314,7 @@ def render_kernel(
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
-    _reset_dir(out)
+    _reset_dir(out, marker=KERNEL_METADATA_FILE)
     jupytext.write(nb, out / meta["code_file"], fmt="ipynb")
     _write_json(out / KERNEL_METADATA_FILE, meta)
     return out
@@ -329,7 +330,8 @@ def stage_dataset(
 ) -> list[Path]:
     """Make ``out`` hold only copies of ``wheels/*.whl`` plus ``dataset-metadata.json``.
 
-    ``out`` is emptied first (Kaggle uploads every top-level file, dotfiles included).
+    ``out`` is emptied first (Kaggle uploads every top-level file, dotfiles included); it is
+    refused when it holds files but no ``dataset-metadata.json`` (not a folder staged here).
     ``require`` names distributions (``"hpa_kit"``, ``"iterative-stratification"``, a version
     after ``==`` is ignored) that must have a wheel there. Dotfiles, folders and other files
     are left out; a ``.whl`` that is a link or not a wheel archive is refused. Returns the
@@ -348,7 +350,7 @@ def stage_dataset(
             f"{wheels}: no wheel of {absent} (run `make wheels` first); "
             f"found {[p.name for p in found]}"
         )
-    _reset_dir(out)
+    _reset_dir(out, marker=DATASET_METADATA_FILE)
     staged = [Path(shutil.copy2(p, out / p.name)) for p in found]
     _write_json(out / DATASET_METADATA_FILE, meta)
     return staged
@@ -393,7 +395,16 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _reset_dir(path: Path) -> None:
+def _reset_dir(path: Path, *, marker: str) -> None:
+    """Empty ``path`` (or create it). A folder is emptied only when it is empty or holds
+    ``marker``, the metadata file this module writes there: anything else is not ours."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise DeliveryUsageError(f"--out {path} is not a folder")
+    if path.exists() and any(path.iterdir()) and not (path / marker).is_file():
+        raise DeliveryUsageError(
+            f"--out {path} holds files hpa_kit did not write (no {marker}): "
+            "choose an empty or new folder"
+        )
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)

@@ -25,9 +25,11 @@ What it answers (camelCase JSON, as kagglesdk reads it):
 
 Hostile modes: ``hang_on`` names a method (``"SaveKernel"``, ``"GetDatasetStatus"``,
 ``"PUT"`` for the uploads, ...) whose requests are read and never answered (the connection
-stays open until :meth:`FakeKaggle.stop`); ``echo_credentials`` makes every API call but the token
-check fail with a message that quotes the credential the client sent (HTTP 403; a ``SaveKernel`` gets
-HTTP 200 with that message as ``error``, a refusal the kaggle CLI exits 0 on).
+stays open until :meth:`FakeKaggle.stop`); ``echo_credentials`` makes every API call but
+the token check fail with a message that quotes the credential the client sent (HTTP 403;
+a ``SaveKernel`` gets HTTP 200 with that message as ``error``, a refusal the kaggle CLI
+exits 0 on); ``garbage_on`` names a method answered with HTTP 200 and an HTML page (a
+proxy's error page).
 
 Every request is recorded in :attr:`FakeKaggle.calls` (method, path, parsed JSON body, the
 basic-auth user name); uploaded bytes are in :attr:`FakeKaggle.blobs`;
@@ -81,6 +83,7 @@ class FakeKaggle:
     token: str | None = None  # an access token accepted as "Bearer <token>"
     hang_on: str | None = None  # a method name (or "PUT") never answered
     echo_credentials: bool = False  # every API call fails quoting the credential sent
+    garbage_on: str | None = None  # a method answered 200 with an HTML page, not JSON
     calls: list[Call] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
     blob_names: dict[str, str] = field(default_factory=dict)
@@ -232,6 +235,14 @@ class _Handler(BaseHTTPRequestHandler):
         method = path.rsplit("/", 1)[1]
         if method == state.hang_on:
             self._hang()
+            return
+        if method == state.garbage_on:
+            page = b"<html><body>502 Bad Gateway</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
             return
         if not path.startswith(_API) or "/" not in path[len(_API) :]:
             self._reply(404, {"code": 404, "message": f"no such path {path}"})

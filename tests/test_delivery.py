@@ -139,7 +139,8 @@ def test_stage_dataset_copies_only_wheels(tmp_path):
     (wheels / "sub").mkdir()
     out = tmp_path / "stage"
     out.mkdir()
-    (out / "stale.whl").write_bytes(b"old")
+    (out / "stale.whl").write_bytes(b"old")  # left by an earlier staging:
+    (out / "dataset-metadata.json").write_text("{}")
     values = {"WHEELS_DATASET": "ann/hpa-kit-wheels", "WHEELS_TITLE": "hpa_kit wheels"}
     staged = stage_dataset(wheels, out, template=WHEELS_TEMPLATE, values=values)
     assert [p.name for p in staged] == ["hpa_kit-0.1.0-py3-none-any.whl"]
@@ -640,12 +641,13 @@ def test_make_wheels_builds_a_set_kaggle_can_install(kaggle_wheel_cache, tmp_pat
     assert result.returncode == 0, _output(result)
     (line,) = [x for x in result.stdout.splitlines() if x.startswith("wheels for CPython 3.12: ")]
     picked = line.split(": ", 1)[1].split()
+    manylinux = "manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64"
     assert [_wheel_tags(name) for name in picked] == [
         ("hpa_kit", "py3-none-any"),
         ("iterative_stratification", "py3-none-any"),
-        ("pycocotools", "cp312-abi3-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64"),
-        ("pyyaml", "cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64"),
-    ]  # fmt: skip
+        ("pycocotools", f"cp312-abi3-{manylinux}"),
+        ("pyyaml", f"cp312-cp312-{manylinux}"),
+    ]
     assert sorted(wheels.glob("pycocotools-*-cp311-*.whl"))  # this Python's, for local installs
     for path in wheels.glob("pycocotools-*-cp312-*.whl"):
         path.unlink()
