@@ -63,7 +63,7 @@ def redact(text: str) -> str:
     return text
 
 
-class RequestTimedOut(BaseException):  # noqa: N818 - named for what happened, like KeyboardInterrupt
+class RequestTimedOut(BaseException):  # noqa: N818 - named like KeyboardInterrupt
     """A request to the Kaggle service got no answer in time; ends the step without retries.
 
     ``request`` is the method and URL (without its query, which may hold a signed token);
