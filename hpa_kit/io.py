@@ -51,7 +51,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ __all__ = [
     "ImageShapeError",
     "MissingChannelError",
     "MissingImageError",
+    "atomic_path",
     "channel_path",
     "check_channels",
     "check_normalisation",
@@ -340,13 +342,34 @@ def read_image(
     return image
 
 
-def _atomic_imwrite(path: Path, array: np.ndarray) -> Path:
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path to write to; it replaces ``path`` when the block ends without error.
+
+    The temporary file is hidden (leading dot), unique (writers may race), in the same folder
+    (so the rename is atomic) and keeps the suffix (OpenCV and others pick the format from it).
+    On an error it is removed and ``path`` is left as it was; a reader never sees half a file.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     with atomic_path(Path(tmp) / "a.txt") as temp:
+    ...         _ = temp.write_text("done")
+    ...     [(p.name, p.read_text()) for p in Path(tmp).iterdir()]
+    [('a.txt', 'done')]
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temporary name in the same folder (same file system, so the rename is atomic);
-    # it keeps the suffix because OpenCV picks the format from it.
     temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
-    cv2 = _cv2()
     try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _atomic_imwrite(path: Path, array: np.ndarray) -> Path:
+    cv2 = _cv2()
+    with atomic_path(path) as temp:
         try:
             written = cv2.imwrite(str(temp), array)
         except cv2.error as error:
@@ -355,10 +378,6 @@ def _atomic_imwrite(path: Path, array: np.ndarray) -> Path:
             ) from error
         if not written:
             raise ImageError(f"OpenCV could not write {path} (shape {array.shape}, {array.dtype})")
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
     return path
 
 

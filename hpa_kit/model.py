@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpa_kit.io import CHANNEL_MEAN, CHANNEL_STD, CHANNELS, check_channels, check_normalisation
+from hpa_kit.io import (
+    CHANNEL_MEAN,
+    CHANNEL_STD,
+    CHANNELS,
+    atomic_path,
+    check_channels,
+    check_normalisation,
+)
 from hpa_kit.labels import CLASS_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -140,12 +147,10 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Classifier
     directory.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)  # unwrap DataParallel / DDP
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    tmp = directory / (WEIGHTS_FILE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(directory / WEIGHTS_FILE)
-    tmp_cfg = directory / (CONFIG_FILE + ".tmp")
-    tmp_cfg.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    tmp_cfg.replace(directory / CONFIG_FILE)
+    with atomic_path(directory / WEIGHTS_FILE) as temp:
+        torch.save(state, temp)
+    with atomic_path(directory / CONFIG_FILE) as temp:
+        temp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     return directory
 
 

@@ -21,6 +21,7 @@ from hpa_kit.io import (
     ImageShapeError,
     MissingChannelError,
     MissingImageError,
+    atomic_path,
     channel_path,
     check_channels,
     check_normalisation,
@@ -222,6 +223,24 @@ def test_unknown_or_repeated_channel_names(tmp_path):
     with pytest.raises(ValueError, match="distinct"):  # writing one file twice is a mistake
         write_channels(tmp_path, "w", np.zeros((2, 2, 2), np.uint8), channels=("red", "red"))
     assert not list(tmp_path.glob("w_*"))
+
+
+def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
+    target = tmp_path / "sub" / "x.png"
+    with atomic_path(target) as temp:
+        assert temp.parent == target.parent and temp.suffix == ".png" and temp.name[0] == "."
+        temp.write_bytes(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError, match="half written"):
+        with atomic_path(target) as temp:
+            temp.write_bytes(b"half")
+            raise RuntimeError("half written")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in target.parent.iterdir()] == ["x.png"]  # no temporary file left
+    with pytest.raises(FileNotFoundError):  # the block wrote nothing: an error, not a success
+        with atomic_path(tmp_path / "never.txt"):
+            pass
+    assert not list(tmp_path.glob("*never*"))
 
 
 # --- the channel and normalisation rules (one home, used by augment, model and demo) -----------
