@@ -215,7 +215,7 @@ def check_channels(channels: Sequence[str], *, repeats: bool = False) -> tuple[s
     >>> check_channels(("red", "magenta"))
     Traceback (most recent call last):
     ...
-    ValueError: unknown channel names ['magenta']; known: ('red', 'green', 'blue', 'yellow')
+    ValueError: unknown channels ['magenta']; known: ('red', 'green', 'blue', 'yellow')
     """
     if isinstance(channels, str) or not all(isinstance(c, str) for c in channels):
         raise ValueError(
@@ -226,7 +226,7 @@ def check_channels(channels: Sequence[str], *, repeats: bool = False) -> tuple[s
         raise ValueError("channels is empty")
     unknown = [c for c in names if c not in CHANNELS]
     if unknown:
-        raise ValueError(f"unknown channel names {unknown}; known: {CHANNELS}")
+        raise ValueError(f"unknown channels {unknown}; known: {CHANNELS}")
     if not repeats and len(set(names)) != len(names):
         raise ValueError(f"channels must be distinct, got {names}")
     return names

@@ -218,7 +218,7 @@ def test_bad_channels_and_sizes_arguments(tmp_path):
 
 def test_unknown_or_repeated_channel_names(tmp_path):
     _image_set(tmp_path, "img")
-    with pytest.raises(ValueError, match=r"unknown channel names \['purple'\]"):
+    with pytest.raises(ValueError, match=r"unknown channels \['purple'\]"):
         read_image(tmp_path, "img", channels=("red", "purple"))
     with pytest.raises(ValueError, match="distinct"):  # writing one file twice is a mistake
         write_channels(tmp_path, "w", np.zeros((2, 2, 2), np.uint8), channels=("red", "red"))
@@ -254,7 +254,7 @@ def test_check_channels_literals():
         "rgb": "sequence of colour names",
         ("red", 3): "sequence of colour names",
         (): "empty",
-        ("red", "Red"): r"unknown channel names \['Red'\]",
+        ("red", "Red"): r"unknown channels \['Red'\]",
         ("blue", "blue"): "distinct",
     }
     for channels, message in bad.items():

@@ -93,7 +93,7 @@ def test_config_checks_channels_and_normalisation_by_the_io_rules():
     assert config.mean == (0.0539, 0.0810) and config.std == (1.0, 2.0)
     for kwargs, message in (
         ({"channels": ("red", "red")}, "distinct"),
-        ({"channels": ("red", "cyan")}, "unknown channel names"),
+        ({"channels": ("red", "cyan")}, "unknown channels"),
         ({"channels": ()}, "empty"),
         ({"channels": "red"}, "sequence of colour names"),
         ({"mean": (0.1, 0.2)}, "one value per channel"),
