@@ -18,6 +18,7 @@ from hpa_kit.model import ClassifierConfig, build_classifier, save_checkpoint
 from hpa_kit.predict import (
     PredictOptions,
     ResumeMismatchError,
+    TooManyFailuresError,
     blend_probs,
     classify_crops,
     load_ensemble,
@@ -31,7 +32,8 @@ from hpa_kit.submission import parse_prediction_string, read_submission, validat
 
 RGB = ("red", "green", "blue")
 RGBY = ("red", "green", "blue", "yellow")
-FAST = PredictOptions(tta="none", num_workers=0, progress=False, batch_size=16)
+FAST = PredictOptions(tta="none", num_workers=0, progress=False, batch_size=16, threads=1)
+ONE_FAILURE_OK = FAST.replace(max_failures=1)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -310,7 +312,7 @@ def test_resume_equals_uninterrupted_byte_for_byte(synth, checkpoints, tmp_path)
     assert third.processed == 0 and third.resumed == 3
     assert (tmp_path / "part.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
     # Other options, same resume file: refused.
-    with pytest.raises(ResumeMismatchError, match="other models"):
+    with pytest.raises(ResumeMismatchError, match='options.tta is "seed", this run.s is "none"'):
         predict_folder(
             *args,
             out=tmp_path / "x.csv",
@@ -324,15 +326,15 @@ def test_read_resume_tolerates_truncation(tmp_path):
     path = tmp_path / "r.jsonl"
     assert read_resume(path) == (None, {})
     path.write_text(
-        '{"hpa_kit_resume": 1, "fingerprint": "abc"}\n'
+        '{"format": "hpa_kit.predict", "fingerprint": "abc"}\n'
         '{"id": "a", "prediction": "p1", "error": null, "cells": 3}\n'
         "garbage\n"
         '{"id": "b", "prediction": "0 1 x", "error": "boom", "cells": 0}\n'
         '{"id": "a", "prediction": "p2", "error": null, "cells": 3}\n'
         '{"id": "c", "predi'
     )
-    fingerprint, records = read_resume(path)
-    assert fingerprint == "abc"
+    header, records = read_resume(path)
+    assert header == {"format": "hpa_kit.predict", "fingerprint": "abc"}
     assert sorted(records) == ["a", "b"]
     assert records["a"]["prediction"] == "p2" and records["b"]["error"] == "boom"
 
@@ -350,7 +352,7 @@ def test_missing_channel_gives_placeholder_and_report(synth, checkpoints, tmp_pa
         checkpoints,
         out=out,
         segmenter=_small_segmenter(),
-        options=FAST,
+        options=ONE_FAILURE_OK,
         resume=resume,
     )
     assert report.complete and report.predicted == 2
@@ -369,7 +371,7 @@ def test_missing_channel_gives_placeholder_and_report(synth, checkpoints, tmp_pa
         checkpoints,
         out=out,
         segmenter=_small_segmenter(),
-        options=FAST,
+        options=ONE_FAILURE_OK,
         resume=resume,
     )
     assert again.resumed == 2 and again.processed == 1 and not again.failures
@@ -384,10 +386,30 @@ def test_wrong_size_in_sample_is_a_failure(synth, checkpoints, tmp_path):
         checkpoints,
         out=tmp_path / "s.csv",
         segmenter=_small_segmenter(),
-        options=FAST,
+        options=ONE_FAILURE_OK,
     )
     assert list(report.failures) == [synth.ids[0]]
     assert "256x256" in report.failures[synth.ids[0]] and "256x300" in report.failures[synth.ids[0]]
+
+
+def test_too_many_failures_raise_after_writing_the_csv(synth, checkpoints, tmp_path):
+    """Default max_failures (5 %): 1 failure of 3 is too many; the CSV is written all the same.
+    A run in which every image failed raises whatever the limit."""
+    sample = pd.read_csv(synth.sample_submission)
+    sample.loc[0, "ImageWidth"] = 300  # fails at once, before segmentation
+    out = tmp_path / "s.csv"
+    args = (synth.out / "images", sample, checkpoints)
+    with pytest.raises(TooManyFailuresError, match="1 of 3 images failed") as caught:
+        predict_folder(*args, out=out, segmenter=_small_segmenter(), options=FAST)
+    assert list(caught.value.report.failures) == [synth.ids[0]]
+    assert caught.value.report.predicted == 2 and caught.value.exit_code == 1
+    assert validate_submission(out, sample).ok
+    sample["ImageWidth"] = 300
+    with pytest.raises(TooManyFailuresError, match="every attempted image failed"):
+        predict_folder(
+            *args, out=out, segmenter=_small_segmenter(), options=FAST.replace(max_failures=10)
+        )
+    assert validate_submission(out, sample).ok
 
 
 def test_worker_processes_give_the_same_csv(synth, checkpoints, tmp_path):
@@ -463,7 +485,7 @@ def test_dead_worker_fails_only_its_image(synth, checkpoints, tmp_path):
     )
     sample = pd.concat([sample.iloc[:1], odd, sample.iloc[1:]], ignore_index=True)
     ensemble = load_ensemble(checkpoints[:1], "cpu")
-    options = FAST.replace(num_workers=1, prefetch=3)
+    options = ONE_FAILURE_OK.replace(num_workers=1, prefetch=3)
     report = predict_folder(
         images,
         sample,
@@ -481,10 +503,27 @@ def test_dead_worker_fails_only_its_image(synth, checkpoints, tmp_path):
     assert a.drop(index="odd").equals(b.drop(index="odd"))
 
 
-def test_network_style_segmenter_path(synth, checkpoints, tmp_path, monkeypatch):
-    """A segmenter whose maps run in the main thread (as NetworkSegmenter) gives the same CSV."""
-    import hpa_kit.predict as predict_module
+class _DeviceSplitSegmenter:
+    """The small classical segmenter, split as a network segmenter is: its maps run in the
+    calling thread (the device stage), its labelling in the workers."""
 
+    def __init__(self):
+        self.inner = _small_segmenter()
+        self.scale, self.config = self.inner.scale, self.inner.config
+        self.maps_calls = 0
+
+    def maps(self, images):
+        self.maps_calls += 1
+        return self.inner.maps(images)
+
+    def device_stage(self):
+        from hpa_kit.segment import DeviceStage
+
+        return DeviceStage(maps=self.maps, labels=self.inner.labels)
+
+
+def test_network_style_segmenter_path(synth, checkpoints, tmp_path):
+    """A segmenter whose maps run in the main thread (as NetworkSegmenter) gives the same CSV."""
     segmenter = _small_segmenter()
     predict_folder(
         synth.out / "images",
@@ -494,17 +533,39 @@ def test_network_style_segmenter_path(synth, checkpoints, tmp_path, monkeypatch)
         segmenter=segmenter,
         options=FAST,
     )
-    monkeypatch.setattr(predict_module, "_is_network", lambda s: True)
+    split = _DeviceSplitSegmenter()
     report = predict_folder(
         synth.out / "images",
         synth.sample_submission,
         checkpoints,
         out=tmp_path / "b.csv",
-        segmenter=segmenter,
+        segmenter=split,
         options=FAST.replace(num_workers=1, executor="thread", prefetch=3),
     )
-    assert "segment_device" in report.timings
+    assert "segment_device" in report.timings and split.maps_calls == len(synth.ids)
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_network_segmenter_says_its_device_stage():
+    """The protocol, not the class, tells predict_folder what runs on the device."""
+    from hpa_kit.segment import NetworkSegmenter, device_stage
+
+    assert device_stage(_small_segmenter()) is None
+    assert device_stage(_KillerSegmenter()) is None  # no method: all of it in the workers
+    network = NetworkSegmenter(None, None, scale=0.5, config=_small_segmenter().config)
+    stage = device_stage(network)
+    assert stage.maps == network.maps
+    nuclei = np.zeros((64, 64, 3), np.uint8)
+    cells = np.zeros((64, 64, 3), np.uint8)
+    got = stage.labels(nuclei, cells, (128, 128))
+    want = network.labels(nuclei, cells, (128, 128))
+    assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+    import pickle
+
+    assert pickle.loads(pickle.dumps(stage.labels))(nuclei, cells, (128, 128))[1].shape == (
+        128,
+        128,
+    )
 
 
 def test_real_samples_end_to_end(samples_dir, sample_ids, checkpoints, tmp_path):
@@ -554,6 +615,8 @@ def test_cli_predict_then_validate(checkpoints, tmp_path, capsys):
             "--quiet",
             "--device",
             "cpu",
+            "--max-failures",
+            "1",
         ]  # fmt: skip
     )
     err = capsys.readouterr().err

@@ -43,7 +43,14 @@ from hpa_kit.segment._config import (
 )
 from hpa_kit.segment._label import label_cells, maps_to_labels, upsample_labels
 from hpa_kit.segment._match import Matching, match_labels
-from hpa_kit.segment._segmenter import ClassicalSegmenter, NetworkSegmenter, Segmenter, segment
+from hpa_kit.segment._segmenter import (
+    ClassicalSegmenter,
+    DeviceStage,
+    NetworkSegmenter,
+    Segmenter,
+    device_stage,
+    segment,
+)
 from hpa_kit.segment.classical import ClassicalConfig, classical_maps
 from hpa_kit.segment.networks import (
     WEIGHT_FILES,
@@ -55,12 +62,14 @@ __all__ = [
     "WEIGHT_FILES",
     "ClassicalConfig",
     "ClassicalSegmenter",
+    "DeviceStage",
     "Matching",
     "NetworkSegmenter",
     "ScaledSizes",
     "SegConfig",
     "Segmenter",
     "classical_maps",
+    "device_stage",
     "label_cells",
     "load_segmentation_models",
     "maps_to_labels",
