@@ -24,6 +24,7 @@ from hpa_kit.download import (
     read_public_list,
     select_public_images,
 )
+from hpa_kit.errors import UsageError
 from hpa_kit.io import (
     CHANNELS,
     CorruptImageError,
@@ -374,7 +375,7 @@ def test_download_public_cli_bad_input(tmp_path, capsys):
     assert "public image list not found" in capsys.readouterr().err
     listed = _write_list(tmp_path / "l.tsv", ROWS[:1])
     assert main(["download-public", str(listed), str(tmp_path / "out"), "--attempts", "0"]) == 2
-    assert "attempts must be >= 1" in capsys.readouterr().err
+    assert "attempts must be an integer in [1, 100], got 0" in capsys.readouterr().err
 
 
 def test_download_public_bad_arguments(published, tmp_path):
@@ -383,7 +384,7 @@ def test_download_public_bad_arguments(published, tmp_path):
         _run(list_path, tmp_path / "out", srv, size=0)
     with pytest.raises(ValueError, match="workers"):
         _run(list_path, tmp_path / "out", srv, workers=0)
-    with pytest.raises(FileNotFoundError, match="public image list not found"):
+    with pytest.raises(UsageError, match="public image list not found"):
         _run(tmp_path / "nope.tsv", tmp_path / "out", srv)
 
 

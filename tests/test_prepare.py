@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hpa_kit.cli import main
+from hpa_kit.errors import UsageError
 from hpa_kit.io import CHANNELS, read_channel, resize_area, to_uint8
 from hpa_kit.prepare import find_sources, prepare_images
 
@@ -166,7 +167,7 @@ def test_prepare_bad_arguments(src, tmp_path, kwargs, error, message):
 def test_prepare_bad_folders(src, tmp_path):
     with pytest.raises(ValueError, match="must differ"):
         prepare_images(src[0], src[0], size=8)
-    with pytest.raises(FileNotFoundError, match="source folder not found"):
+    with pytest.raises(UsageError, match="source folder not found"):
         prepare_images(tmp_path / "nope", tmp_path / "dst", size=8)
 
 

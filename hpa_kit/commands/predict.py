@@ -175,8 +175,11 @@ def _segmenter(args: argparse.Namespace, device: str):
                 args.seg_weights, device, scale=args.seg_scale, pixel_size=args.pixel_size
             )
         return ClassicalSegmenter(scale=args.seg_scale, pixel_size=args.pixel_size)
-    except (OSError, ImportError, ValueError) as exc:
-        raise UsageError(f"segmenter: {describe(exc)}") from exc
+    except ValueError as exc:  # SegConfig's checks
+        given = f"--seg-scale {args.seg_scale}, --pixel-size {args.pixel_size}"
+        raise UsageError(f"bad segmenter option ({given}): {describe(exc)}") from exc
+    except (OSError, ImportError) as exc:
+        raise UsageError(f"cannot load the segmentation networks: {describe(exc)}") from exc
 
 
 def _run(args: argparse.Namespace) -> int:

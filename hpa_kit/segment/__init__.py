@@ -41,6 +41,7 @@ from hpa_kit.segment._config import (
     scaled_cut,
     scaled_radius,
 )
+from hpa_kit.segment._folder import segment_folder
 from hpa_kit.segment._label import label_cells, maps_to_labels, upsample_labels
 from hpa_kit.segment._match import Matching, match_labels
 from hpa_kit.segment._segmenter import (
@@ -80,5 +81,6 @@ __all__ = [
     "scaled_cut",
     "scaled_radius",
     "segment",
+    "segment_folder",
     "upsample_labels",
 ]

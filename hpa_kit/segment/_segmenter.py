@@ -42,12 +42,14 @@ class DeviceStage:
     """How a segmenter splits between the calling process and CPU workers.
 
     ``maps(images) -> [(nuclei_map, cell_map), ...]`` runs in the calling process (it holds
-    the networks, on their device); ``labels(nuclei_map, cell_map, shape) -> (nuclei_labels,
-    cell_labels)`` is picklable and runs in worker processes.
+    the networks, on their device), at best on ``batch`` images per call;
+    ``labels(nuclei_map, cell_map, shape) -> (nuclei_labels, cell_labels)`` is picklable and
+    runs in worker processes.
     """
 
     maps: Callable[[Sequence[np.ndarray]], list[Maps]]
     labels: Callable[[np.ndarray, np.ndarray, tuple[int, int]], Labels]
+    batch: int = 1
 
 
 class Segmenter(Protocol):
@@ -260,7 +262,8 @@ class NetworkSegmenter(_Base):
 
     def device_stage(self) -> DeviceStage:
         """The networks' maps in the calling process; the labelling (config only) in workers."""
-        return DeviceStage(maps=self.maps, labels=functools.partial(_labels_with, self.config))
+        labels = functools.partial(_labels_with, self.config)
+        return DeviceStage(maps=self.maps, labels=labels, batch=self.batch_size)
 
     def maps(self, images: Sequence[np.ndarray]) -> list[Maps]:
         from hpa_kit.segment.networks import predict_maps
