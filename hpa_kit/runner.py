@@ -195,7 +195,9 @@ class RunnerOptions:
         if self.prefetch is not None:
             check_number("prefetch", self.prefetch, low=1, integer=True)
         if self.executor not in EXECUTORS:
-            raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
+            from hpa_kit.errors import UsageError
+
+            raise UsageError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
 
     @property
     def in_flight(self) -> int:

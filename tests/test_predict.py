@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from job_helpers import KillerSegmenter, small_segmenter
 
 from hpa_kit.cli import main
 from hpa_kit.model import ClassifierConfig, build_classifier, save_checkpoint
@@ -27,7 +25,6 @@ from hpa_kit.predict import (
     read_resume,
 )
 from hpa_kit.rle import decode_binary_mask
-from hpa_kit.segment import ClassicalSegmenter, SegConfig
 from hpa_kit.submission import parse_prediction_string, read_submission, validate_submission
 
 RGB = ("red", "green", "blue")
@@ -43,20 +40,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _small_segmenter() -> ClassicalSegmenter:
-    """The classical segmenter with its areas scaled to 256 px synthetic images (1/8 of 2048)."""
-    f = 64
-    config = SegConfig(
-        scale=0.5,
-        min_seed_area=500 // f,
-        max_hole_area=1000 // f,
-        min_nucleus_area=2500 // f,
-        min_cell_area=5500 // f,
-        closing_radius=1,
-    )
-    return ClassicalSegmenter(scale=0.5, config=config)
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +239,7 @@ def _check_csv(csv, sample, n_cells_expected=None):
 
 def test_synthetic_folder_ensemble_3_and_4_channels(synth, checkpoints, tmp_path):
     out = tmp_path / "submission.csv"
-    segmenter = _small_segmenter()
+    segmenter = small_segmenter()
     report = predict_folder(
         synth.out / "images",
         synth.sample_submission,
@@ -279,7 +262,7 @@ def test_synthetic_folder_ensemble_3_and_4_channels(synth, checkpoints, tmp_path
 
 
 def test_resume_equals_uninterrupted_byte_for_byte(synth, checkpoints, tmp_path):
-    segmenter = _small_segmenter()
+    segmenter = small_segmenter()
     options = FAST.replace(tta="seed", image_weight=0.3, floor=0.4)
     ensemble = load_ensemble(checkpoints, "cpu")
     args = (synth.out / "images", synth.sample_submission, ensemble)
@@ -351,7 +334,7 @@ def test_missing_channel_gives_placeholder_and_report(synth, checkpoints, tmp_pa
         synth.sample_submission,
         checkpoints,
         out=out,
-        segmenter=_small_segmenter(),
+        segmenter=small_segmenter(),
         options=ONE_FAILURE_OK,
         resume=resume,
     )
@@ -370,7 +353,7 @@ def test_missing_channel_gives_placeholder_and_report(synth, checkpoints, tmp_pa
         synth.sample_submission,
         checkpoints,
         out=out,
-        segmenter=_small_segmenter(),
+        segmenter=small_segmenter(),
         options=ONE_FAILURE_OK,
         resume=resume,
     )
@@ -385,7 +368,7 @@ def test_wrong_size_in_sample_is_a_failure(synth, checkpoints, tmp_path):
         sample,
         checkpoints,
         out=tmp_path / "s.csv",
-        segmenter=_small_segmenter(),
+        segmenter=small_segmenter(),
         options=ONE_FAILURE_OK,
     )
     assert list(report.failures) == [synth.ids[0]]
@@ -400,20 +383,20 @@ def test_too_many_failures_raise_after_writing_the_csv(synth, checkpoints, tmp_p
     out = tmp_path / "s.csv"
     args = (synth.out / "images", sample, checkpoints)
     with pytest.raises(TooManyFailuresError, match="1 of 3 images failed") as caught:
-        predict_folder(*args, out=out, segmenter=_small_segmenter(), options=FAST)
+        predict_folder(*args, out=out, segmenter=small_segmenter(), options=FAST)
     assert list(caught.value.report.failures) == [synth.ids[0]]
     assert caught.value.report.predicted == 2 and caught.value.exit_code == 1
     assert validate_submission(out, sample).ok
     sample["ImageWidth"] = 300
     with pytest.raises(TooManyFailuresError, match="every attempted image failed"):
         predict_folder(
-            *args, out=out, segmenter=_small_segmenter(), options=FAST.replace(max_failures=10)
+            *args, out=out, segmenter=small_segmenter(), options=FAST.replace(max_failures=10)
         )
     assert validate_submission(out, sample).ok
 
 
 def test_worker_processes_give_the_same_csv(synth, checkpoints, tmp_path):
-    segmenter = _small_segmenter()
+    segmenter = small_segmenter()
     inline = predict_folder(
         synth.out / "images",
         synth.sample_submission,
@@ -434,45 +417,6 @@ def test_worker_processes_give_the_same_csv(synth, checkpoints, tmp_path):
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
 
-def test_workers_that_cannot_start_fall_back_to_threads(synth, checkpoints, tmp_path):
-    # Spawned workers re-import __main__, which fails for a script read from stdin: the run
-    # must still predict every image (in threads), with a warning, not fail them all.
-    script = f"""
-import warnings
-from hpa_kit.predict import PredictOptions, predict_folder
-from hpa_kit.segment import ClassicalSegmenter, SegConfig
-config = SegConfig(scale=0.5, min_seed_area=7, max_hole_area=15, min_nucleus_area=39,
-                   min_cell_area=85, closing_radius=1)
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    report = predict_folder({str(synth.out / "images")!r}, {str(synth.sample_submission)!r},
-                            [{str(checkpoints[0])!r}], out={str(tmp_path / "s.csv")!r},
-                            segmenter=ClassicalSegmenter(scale=0.5, config=config),
-                            options=PredictOptions(tta="none", num_workers=1, progress=False))
-print("FAILURES", len(report.failures), "PREDICTED", report.predicted)
-print("WARNED", any("threads instead" in str(w.message) for w in caught))
-"""
-    result = subprocess.run(
-        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"FAILURES 0 PREDICTED {len(synth.ids)}" in result.stdout
-    assert "WARNED True" in result.stdout
-
-
-class _KillerSegmenter:
-    """Kills its worker process on images 200 px high; else the small classical segmenter."""
-
-    def __init__(self):
-        self.inner = _small_segmenter()
-        self.scale, self.config = self.inner.scale, self.inner.config
-
-    def segment(self, images):
-        if images[0].shape[0] == 200:
-            os._exit(1)
-        return self.inner.segment(images)
-
-
 def test_dead_worker_fails_only_its_image(synth, checkpoints, tmp_path):
     from hpa_kit.io import write_channels
 
@@ -491,13 +435,13 @@ def test_dead_worker_fails_only_its_image(synth, checkpoints, tmp_path):
         sample,
         ensemble,
         out=tmp_path / "a.csv",
-        segmenter=_KillerSegmenter(),
+        segmenter=KillerSegmenter(),
         options=options,
     )
     assert list(report.failures) == ["odd"] and "worker process died" in report.failures["odd"]
     assert report.predicted == 3 and report.complete
     predict_folder(
-        images, sample, ensemble, out=tmp_path / "b.csv", segmenter=_small_segmenter(), options=FAST
+        images, sample, ensemble, out=tmp_path / "b.csv", segmenter=small_segmenter(), options=FAST
     )
     a, b = (read_submission(tmp_path / f).set_index("ID") for f in ("a.csv", "b.csv"))
     assert a.drop(index="odd").equals(b.drop(index="odd"))
@@ -508,7 +452,7 @@ class _DeviceSplitSegmenter:
     calling thread (the device stage), its labelling in the workers."""
 
     def __init__(self):
-        self.inner = _small_segmenter()
+        self.inner = small_segmenter()
         self.scale, self.config = self.inner.scale, self.inner.config
         self.maps_calls = 0
 
@@ -524,7 +468,7 @@ class _DeviceSplitSegmenter:
 
 def test_network_style_segmenter_path(synth, checkpoints, tmp_path):
     """A segmenter whose maps run in the main thread (as NetworkSegmenter) gives the same CSV."""
-    segmenter = _small_segmenter()
+    segmenter = small_segmenter()
     predict_folder(
         synth.out / "images",
         synth.sample_submission,
@@ -550,9 +494,9 @@ def test_network_segmenter_says_its_device_stage():
     """The protocol, not the class, tells predict_folder what runs on the device."""
     from hpa_kit.segment import NetworkSegmenter, device_stage
 
-    assert device_stage(_small_segmenter()) is None
-    assert device_stage(_KillerSegmenter()) is None  # no method: all of it in the workers
-    network = NetworkSegmenter(None, None, scale=0.5, config=_small_segmenter().config)
+    assert device_stage(small_segmenter()) is None
+    assert device_stage(KillerSegmenter()) is None  # no method: all of it in the workers
+    network = NetworkSegmenter(None, None, scale=0.5, pixel_size=8.0)
     stage = device_stage(network)
     assert stage.maps == network.maps
     nuclei = np.zeros((64, 64, 3), np.uint8)
