@@ -30,10 +30,11 @@ classifies. The segmenter says which of its parts runs here on the device
 a placeholder row; a worker process that dies fails only the image it was working on; workers
 end with this process, even when it is killed.
 
-Before any work it checks (:class:`hpa_kit.errors.UsageError`, nothing written): the images
-folder holds at least one id of the sample; ``out`` is a writable file path with room for the
-estimated CSV (:func:`estimate_csv_bytes`); ``out``, ``resume`` and the sample are three
-different files; the resume file is this run's (below).
+Before any work it checks (:func:`check_inputs`; :class:`hpa_kit.errors.UsageError`, nothing
+written): the images folder holds at least one id of the sample; ``out`` is a writable file path with room for the
+estimated CSV (:func:`estimate_csv_bytes`), and an existing ``out`` is a submission CSV
+(never another file); ``out``, ``resume`` and the sample are three different files; the
+resume file is this run's (below; checked once the checkpoints are loaded).
 
 The *resume file* (:class:`hpa_kit.outputs.ResumeLog`, JSON lines, each flushed and fsynced)
 starts with a header naming its format and this run: a digest of the sample's ids and sizes,
@@ -92,6 +93,7 @@ __all__ = [
     "ResumeMismatchError",
     "TooManyFailuresError",
     "blend_probs",
+    "check_inputs",
     "classify_crops",
     "estimate_csv_bytes",
     "load_ensemble",
@@ -665,6 +667,8 @@ def resolve_device(device: str | None = None) -> str:
     Raises :class:`hpa_kit.errors.UsageError` for a device torch does not know or that this
     machine lacks (``cuda`` without a GPU), before anything is loaded.
     """
+    if device == "cpu":
+        return device  # no need to import torch to know that
     import torch
 
     if device is None or device == "auto":
@@ -739,18 +743,21 @@ def _check_out(out: str | os.PathLike, need_bytes: int) -> None:
             )
 
 
-def _preflight(
+def check_inputs(
     images_dir: str | os.PathLike,
-    shapes: Mapping[str, tuple[int, int]],
+    sample: str | os.PathLike | pd.DataFrame,
     *,
-    sample: Any,
     out: str | os.PathLike,
-    resume: str | os.PathLike | None,
-    floor: float,
-) -> None:
-    """Every check that needs no model: see the module docstring."""
+    resume: str | os.PathLike | None = None,
+    floor: float = 0.0,
+) -> pd.DataFrame:
+    """The checks :func:`predict_folder` makes before any work, without loading a model; returns
+    the sample (:func:`hpa_kit.submission.read_sample`). Raises
+    :class:`hpa_kit.errors.UsageError` naming the path: see the module docstring."""
     from hpa_kit.outputs import check_distinct_files, check_output_file
 
+    sample_df = _load_sample(sample)
+    shapes = _shapes(sample_df)
     sample_path = sample if isinstance(sample, (str, os.PathLike)) else None
     check_distinct_files({"--out": out, "--resume": resume, "--sample": sample_path})
     _check_images(images_dir, shapes)
@@ -758,6 +765,13 @@ def _preflight(
     _check_out(out, need_bytes=need * (1 if resume is None else 2))
     if resume is not None:
         check_output_file(resume, what="--resume")
+    return sample_df
+
+
+def _shapes(sample_df: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """``{id: (height, width)}`` in sample order."""
+    columns = sample_df[["ID", "ImageWidth", "ImageHeight"]].itertuples(index=False)
+    return {str(row.ID): (int(row.ImageHeight), int(row.ImageWidth)) for row in columns}
 
 
 # --------------------------------------------------------------------------- folder
@@ -863,7 +877,9 @@ def _load_sample(sample: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     return read_sample(sample)  # validated: ids unique and non-empty, sizes positive integers
 
 
-def _classifiers(checkpoints: Sequence, options: PredictOptions) -> list:
+def _classifiers(checkpoints: Any, options: PredictOptions) -> list:
+    if isinstance(checkpoints, (str, os.PathLike)):
+        checkpoints = [checkpoints]  # one checkpoint directory
     if checkpoints and isinstance(checkpoints[0], tuple):
         return list(checkpoints)  # loaded already: used on their own device
     return load_ensemble(checkpoints, resolve_device(options.device))
@@ -905,12 +921,8 @@ def predict_folder(
     from hpa_kit.runner import run_jobs
 
     start = time.perf_counter()
-    sample_df = _load_sample(sample)
-    shapes = {
-        str(row.ID): (int(row.ImageHeight), int(row.ImageWidth))
-        for row in sample_df[["ID", "ImageWidth", "ImageHeight"]].itertuples(index=False)
-    }
-    _preflight(images_dir, shapes, sample=sample, out=out, resume=resume, floor=options.floor)
+    sample_df = check_inputs(images_dir, sample, out=out, resume=resume, floor=options.floor)
+    shapes = _shapes(sample_df)
     classifiers = _classifiers(checkpoints, options)
     if segmenter is None:
         from hpa_kit.segment import ClassicalSegmenter

@@ -42,26 +42,6 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Two tiny random checkpoints: RGB at 32 px and RGBY at 48 px."""
-    root = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    paths = []
-    for name, channels, size in (("rgb32", RGB, 32), ("rgby48", RGBY, 48)):
-        config = ClassifierConfig(arch="test_efficientnet", channels=channels, input_size=size)
-        model = build_classifier(config.arch, config.in_chans, config.num_classes).eval()
-        paths.append(save_checkpoint(root / name, model, config))
-    return paths
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from hpa_kit.synth import write_dataset
-
-    return write_dataset(tmp_path_factory.mktemp("synth"), n=3, size=256, seed=0)
-
-
 # --------------------------------------------------------------------------- one image
 
 

@@ -13,6 +13,7 @@ rest: run again with the same ``--resume`` file to finish).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 __all__ = ["register"]
@@ -134,7 +135,8 @@ def _failure_limit(text: str) -> float:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a count, fraction or percentage: {text!r}") from None
-    return int(value) if value >= 1 and value == int(value) else value
+    whole = math.isfinite(value) and value >= 1 and value == int(value)
+    return int(value) if whole else value  # a count stays an int; the range is checked later
 
 
 def _options(args: argparse.Namespace):
@@ -184,10 +186,17 @@ def _segmenter(args: argparse.Namespace, device: str):
 
 def _run(args: argparse.Namespace) -> int:
     from hpa_kit.errors import UsageError, describe
-    from hpa_kit.predict import TooManyFailuresError, load_ensemble, predict_folder, resolve_device
+    from hpa_kit.predict import (
+        TooManyFailuresError,
+        check_inputs,
+        load_ensemble,
+        predict_folder,
+        resolve_device,
+    )
 
     options = _options(args)
-    device = resolve_device(args.device)  # before anything is loaded
+    check_inputs(args.images, args.sample, out=args.out, resume=args.resume, floor=args.floor)
+    device = resolve_device(args.device)  # both before anything is loaded
     try:
         classifiers = load_ensemble(args.models, device)
     except (OSError, ValueError) as exc:
