@@ -61,6 +61,7 @@ from hpa_kit.batch import BatchReport
 from hpa_kit.errors import UsageError
 from hpa_kit.folds import canonical_labels
 from hpa_kit.labels import LabelError
+from hpa_kit.prepare import MAX_SIDE
 from hpa_kit.runner import check_number
 
 __all__ = [
@@ -108,7 +109,6 @@ _FALSE = frozenset({"false", "0", "no"})
 _ALREADY_DONE = "already done"
 _MAX_ATTEMPTS = 100
 _MAX_SECONDS = 3600.0  # an hour per request or per wait is already more than patient
-_MAX_SIZE = 8192  # the largest HPA images are 3072 px
 
 
 class DownloadError(OSError):
@@ -381,7 +381,7 @@ def download_public(
     from hpa_kit.outputs import atomic_write_text
     from hpa_kit.runner import MAX_WORKERS, RunnerOptions, Stage, run_jobs
 
-    check_number("size", size, low=1, high=_MAX_SIZE, integer=True)
+    check_number("size", size, low=1, high=MAX_SIDE, integer=True)
     check_number("workers", workers, low=1, high=MAX_WORKERS, integer=True)
     table = list_tsv if isinstance(list_tsv, pd.DataFrame) else read_public_list(list_tsv)
     selection = select_public_images(table)

@@ -31,9 +31,10 @@ from hpa_kit.batch import BatchReport
 from hpa_kit.errors import UsageError
 from hpa_kit.io import size_pair
 
-__all__ = ["SOURCE_EXTENSIONS", "find_sources", "prepare_images"]
+__all__ = ["MAX_SIDE", "SOURCE_EXTENSIONS", "find_sources", "prepare_images"]
 
 SOURCE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff")
+MAX_SIDE = 16384  # the largest HPA images are 3072 px; a larger output side is a typo
 
 _ALREADY_DONE = "already done"
 
@@ -128,6 +129,8 @@ def prepare_images(
         pair = size_pair(size)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    for side in pair:
+        check_number("size", side, low=1, high=MAX_SIDE, integer=True)
     check_number("workers", workers, low=1, high=MAX_WORKERS, integer=True)
     channels = tuple(CHANNELS if channels is None else channels)
     src, dst = Path(src), Path(dst)
