@@ -545,6 +545,7 @@ def test_cli_predict_then_validate(checkpoints, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 0, err
+    assert "no segmenter chosen" not in err  # --classical says so
     assert synth.ids[2] in err and "MissingChannelError" in err
     assert "2 predicted" in err and "without cells" not in err
     assert main(["validate", str(out), "--sample", str(synth.sample_submission)]) == 0
@@ -569,6 +570,8 @@ def test_cli_predict_then_validate(checkpoints, tmp_path, capsys):
         ]  # fmt: skip
     )
     assert code == 3
+    err = capsys.readouterr().err
+    assert "no segmenter chosen" in err and "classifier thread(s)" in err  # --classical not given
     assert main(["validate", str(out), "--sample", str(synth.sample_submission)]) == 0
     code = main(
         [

@@ -48,6 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--models", required=True, nargs="+", metavar="CKPT", help="checkpoint directories"
     )
     parser.add_argument("--out", required=True, help="submission CSV to write")
+    parser.add_argument(
+        "--resume", metavar="FILE", help="JSON-lines file of finished images (resumable)"
+    )
+    _add_segmenter_options(parser)
+    _add_model_options(parser)
+    _add_run_options(parser)
+    parser.set_defaults(func=_run)
+
+
+def _add_segmenter_options(parser: argparse.ArgumentParser) -> None:
     seg = parser.add_mutually_exclusive_group()
     seg.add_argument(
         "--seg-weights",
@@ -73,15 +83,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             " (default 1; segmentation sizes scale by seg-scale / pixel-size)"
         ),
     )
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta", default="seed", choices=("none", "seed", "d4"), help="TTA set (default seed)"
     )
     parser.add_argument(
-        "--resume", metavar="FILE", help="JSON-lines file of finished images (resumable)"
-    )
-    parser.add_argument(
         "--batch-size", type=int, default=32, help="crops per forward pass (default 32)"
     )
+    parser.add_argument(
+        "--image-weight", type=float, default=0.0, help="w of the whole-image blend (default 0)"
+    )
+    parser.add_argument(
+        "--floor",
+        type=float,
+        default=0.0,
+        help="emit (cell, class) with probability >= floor (default 0: all)",
+    )
+    parser.add_argument(
+        "--margin", type=float, default=0.1, help="crop margin, fraction of the cell's side"
+    )
+    parser.add_argument(
+        "--no-mask-others", action="store_true", help="keep background and other cells in crops"
+    )
+    parser.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=2, help="CPU worker processes, 0 = none (default 2)"
     )
@@ -106,26 +135,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "image failed always exits 1",
     )
     parser.add_argument(
-        "--image-weight", type=float, default=0.0, help="w of the whole-image blend (default 0)"
-    )
-    parser.add_argument(
-        "--floor",
-        type=float,
-        default=0.0,
-        help="emit (cell, class) with probability >= floor (default 0: all)",
-    )
-    parser.add_argument(
-        "--margin", type=float, default=0.1, help="crop margin, fraction of the cell's side"
-    )
-    parser.add_argument(
-        "--no-mask-others", action="store_true", help="keep background and other cells in crops"
-    )
-    parser.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
-    parser.add_argument(
         "--max-images", type=int, default=None, help="stop after this many images (exit 3)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_run)
 
 
 def _failure_limit(text: str) -> float:
