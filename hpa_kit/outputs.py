@@ -314,8 +314,8 @@ class ResumeLog:
 def _difference(key: str, theirs: Any, ours: Any) -> str:
     """``its options.tta is "seed", this run's is "none"`` (the first differing entry).
 
-    >>> _difference("options", {"tta": "seed", "floor": 0}, {"tta": "none", "floor": 0})
-    'its options.tta is "seed", this run\'s is "none"'
+    >>> print(_difference("options", {"tta": "seed", "floor": 0}, {"tta": "none", "floor": 0}))
+    its options.tta is "seed", this run's is "none"
     """
     if isinstance(theirs, dict) and isinstance(ours, dict):
         for name in sorted(set(theirs) | set(ours)):
