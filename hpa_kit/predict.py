@@ -64,7 +64,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -940,8 +940,8 @@ def predict_folder(
             "whole": options.image_weight > 0}  # fmt: skip
     stages = _stages(segmenter, os.fspath(Path(images_dir).resolve()), sizes, crop)
     try:
-        with _torch_threads(options.classify_threads()):
-            jobs = run_jobs({i: shapes[i] for i in todo}, stages, _runner_options(options))
+        jobs = run_jobs({i: shapes[i] for i in todo}, stages, _runner_options(options))
+        with _torch_threads(options.classify_threads()), closing(jobs):  # workers end here
             for result in jobs:
                 book.record(_finish(result, classifiers, options, book), log)
     finally:
