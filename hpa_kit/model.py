@@ -23,6 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpa_kit.io import (
+    CHANNEL_MEAN,
+    CHANNEL_STD,
+    CHANNELS,
+    atomic_path,
+    check_channels,
+    check_normalisation,
+)
 from hpa_kit.labels import CLASS_NAMES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,18 +51,14 @@ __all__ = [
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 
-# Per-channel normalisation of the seed solution, as fractions of 255 (REFERENCE.md section 2).
-CHANNEL_MEAN: dict[str, float] = {"red": 0.0807, "green": 0.0524, "blue": 0.0539, "yellow": 0.0810}
-CHANNEL_STD: dict[str, float] = {"red": 0.1481, "green": 0.1095, "blue": 0.1565, "yellow": 0.2729}
-_KNOWN_CHANNELS = tuple(CHANNEL_MEAN)
-
 
 @dataclass(frozen=True)
 class ClassifierConfig:
     """How a classifier's inputs must look, and where it came from.
 
     ``channels`` names the input planes in order (``("red", "green", "blue")`` or the four
-    with ``"yellow"``); ``mean`` and ``std`` default to the seed's values for those channels.
+    with ``"yellow"``); ``mean`` and ``std`` default to the seed's values for those channels
+    (:data:`CHANNEL_MEAN`, :data:`CHANNEL_STD`, kept in :mod:`hpa_kit.io` with the checks).
 
     >>> cfg = ClassifierConfig(arch="resnet18", channels=("red", "green", "blue"), input_size=64)
     >>> cfg.in_chans, cfg.mean
@@ -64,7 +68,7 @@ class ClassifierConfig:
     """
 
     arch: str
-    channels: tuple[str, ...] = ("red", "green", "blue")
+    channels: tuple[str, ...] = CHANNELS[:3]
     input_size: int = 512
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -73,31 +77,9 @@ class ClassifierConfig:
     metrics: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        channels = tuple(self.channels)
-        unknown = [c for c in channels if c not in _KNOWN_CHANNELS]
-        if not channels or unknown:
-            raise ValueError(
-                f"channels must be a non-empty subset of {_KNOWN_CHANNELS}, got {channels}"
-            )
-        if len(set(channels)) != len(channels):
-            raise ValueError(f"channels repeat: {channels}")
+        channels = check_channels(self.channels)
+        mean, std = check_normalisation(channels, self.mean, self.std)
         object.__setattr__(self, "channels", channels)
-        mean = (
-            tuple(CHANNEL_MEAN[c] for c in channels)
-            if self.mean is None
-            else tuple(map(float, self.mean))
-        )
-        std = (
-            tuple(CHANNEL_STD[c] for c in channels)
-            if self.std is None
-            else tuple(map(float, self.std))
-        )
-        if len(mean) != len(channels) or len(std) != len(channels):
-            raise ValueError(
-                f"mean and std need one value per channel ({len(channels)}), got {len(mean)} and {len(std)}"
-            )
-        if any(s <= 0 for s in std):
-            raise ValueError(f"std values must be positive, got {std}")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
         object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -165,12 +147,10 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Classifier
     directory.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)  # unwrap DataParallel / DDP
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    tmp = directory / (WEIGHTS_FILE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(directory / WEIGHTS_FILE)
-    tmp_cfg = directory / (CONFIG_FILE + ".tmp")
-    tmp_cfg.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    tmp_cfg.replace(directory / CONFIG_FILE)
+    with atomic_path(directory / WEIGHTS_FILE) as temp:
+        torch.save(state, temp)
+    with atomic_path(directory / CONFIG_FILE) as temp:
+        temp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     return directory
 
 

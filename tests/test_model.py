@@ -85,3 +85,19 @@ def test_missing_files_and_bad_config(tmp_path):
     (tmp_path / CONFIG_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_config(tmp_path)
+
+
+def test_config_checks_channels_and_normalisation_by_the_io_rules():
+    config = ClassifierConfig(arch=ARCH, channels=["blue", "yellow"], std=(1, 2))
+    assert config.channels == ("blue", "yellow")
+    assert config.mean == (0.0539, 0.0810) and config.std == (1.0, 2.0)
+    for kwargs, message in (
+        ({"channels": ("red", "red")}, "distinct"),
+        ({"channels": ("red", "cyan")}, "unknown channels"),
+        ({"channels": ()}, "empty"),
+        ({"channels": "red"}, "sequence of colour names"),
+        ({"mean": (0.1, 0.2)}, "one value per channel"),
+        ({"std": (0.1, 0.2, float("nan"))}, "positive"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ClassifierConfig(arch=ARCH, **kwargs)
