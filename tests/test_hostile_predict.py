@@ -88,15 +88,15 @@ def test_truncated_png_fails_its_image_only(synth, checkpoints, tmp_path, capsys
     assert validate_submission(out, synth.sample_submission).ok
 
 
-def test_sample_of_huge_images_is_refused_for_space(synth, checkpoints, tmp_path, capsys):
-    sample = tmp_path / "sample.csv"
-    side = 10**7  # 10^14 pixels: at least 0.8 TB of CSV
-    sample.write_text(
-        f"ID,ImageWidth,ImageHeight,PredictionString\n{synth.ids[0]},{side},{side},\n"
-    )
+def test_disk_without_room_for_the_csv(synth, checkpoints, tmp_path, capsys, monkeypatch):
+    """A disk with less free space than the CSV's low estimate (the free space is reported
+    small through the public shutil.disk_usage): refused before the work."""
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
     out = tmp_path / "s.csv"
-    assert main(_argv(synth, checkpoints, out, sample=sample)) == 2
-    assert "not enough free space" in _one_line(capsys.readouterr().err)
+    assert main(_argv(synth, checkpoints, out)) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "not enough free space for --out" in line and "0.0 MB free" in line
     assert not out.exists()
 
 
