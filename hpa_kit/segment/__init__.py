@@ -41,9 +41,17 @@ from hpa_kit.segment._config import (
     scaled_cut,
     scaled_radius,
 )
+from hpa_kit.segment._folder import segment_folder
 from hpa_kit.segment._label import label_cells, maps_to_labels, upsample_labels
 from hpa_kit.segment._match import Matching, match_labels
-from hpa_kit.segment._segmenter import ClassicalSegmenter, NetworkSegmenter, Segmenter, segment
+from hpa_kit.segment._segmenter import (
+    ClassicalSegmenter,
+    DeviceStage,
+    NetworkSegmenter,
+    Segmenter,
+    device_stage,
+    segment,
+)
 from hpa_kit.segment.classical import ClassicalConfig, classical_maps
 from hpa_kit.segment.networks import (
     WEIGHT_FILES,
@@ -55,12 +63,14 @@ __all__ = [
     "WEIGHT_FILES",
     "ClassicalConfig",
     "ClassicalSegmenter",
+    "DeviceStage",
     "Matching",
     "NetworkSegmenter",
     "ScaledSizes",
     "SegConfig",
     "Segmenter",
     "classical_maps",
+    "device_stage",
     "label_cells",
     "load_segmentation_models",
     "maps_to_labels",
@@ -71,5 +81,6 @@ __all__ = [
     "scaled_cut",
     "scaled_radius",
     "segment",
+    "segment_folder",
     "upsample_labels",
 ]

@@ -1,0 +1,349 @@
+"""Output files of batch jobs: checks before the work, atomic writes, resume logs.
+
+Three rules every job that writes files follows:
+
+1. **Check before the work** (:func:`check_output_file`, :func:`check_distinct_files`): the
+   output's folder exists and can be written to, the output is not a folder nor a device,
+   the disk has room for what will be written, and no two options name the same file.
+   Each failure is a :class:`hpa_kit.errors.UsageError` (exit 2) that names the path.
+2. **Write atomically** (:func:`atomic_write_text`): to ``.{name}.{pid}.tmp`` beside the
+   target, then rename. A write killed half-way leaves that temporary file, which the next
+   run removes (:func:`remove_stale_temps`: only names of this pattern, only when the
+   process ``pid`` is gone), never another file.
+3. **Never destroy a file the program did not write** (:class:`ResumeLog`): a resume file
+   starts with a header line that names its format and the run that wrote it; a file
+   without that header, or with another run's header, is refused, not overwritten.
+
+>>> import tempfile
+>>> folder = Path(tempfile.mkdtemp())
+>>> path = atomic_write_text(folder / "a.csv", "ID\\n")
+>>> path.read_text(), sorted(p.name for p in folder.iterdir())
+('ID\\n', ['a.csv'])
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hpa_kit.errors import RunError, UsageError, describe
+
+__all__ = [
+    "ResumeLog",
+    "ResumeMismatchError",
+    "atomic_write_text",
+    "check_distinct_files",
+    "check_output_file",
+    "check_writable_folder",
+    "remove_stale_temps",
+    "temp_path",
+]
+
+_HEADER_LIMIT = 1 << 16  # a resume header is a few hundred bytes; a longer first line is not one
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """The temporary name of an atomic write of ``path`` by this process.
+
+    >>> temp_path("out/sub.csv").name == f".sub.csv.{os.getpid()}.tmp"
+    True
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the leftovers of killed atomic writes of ``path``; returns what was removed.
+
+    Only files named ``.{name}.{pid}.tmp`` (:func:`temp_path`) beside ``path`` whose process
+    is no longer running are removed: a write in progress, or any other file, is left alone.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.tmp$")
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.iterdir():
+        match = pattern.match(candidate.name)
+        if match and not _alive(int(match[1])) and candidate.is_file():
+            if not candidate.is_symlink():
+                candidate.unlink(missing_ok=True)
+                removed.append(candidate)
+    return removed
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` through :func:`temp_path` and a rename (fsynced first), so a
+    reader never sees half a file; an error removes the temporary file and propagates."""
+    path = Path(path)
+    temp = temp_path(path)
+    try:
+        with open(temp, "w", encoding=encoding, newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_writable_folder(folder: str | os.PathLike, *, what: str) -> Path:
+    """Raise :class:`UsageError` unless ``folder`` exists and a file can be created in it
+    (tried for real: permission bits do not tell for root or read-only mounts)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"the folder of {what} does not exist: {folder}")
+    probe = temp_path(folder / ".hpa-kit-write-test")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write in the folder of {what}: {folder} ({describe(exc)})"
+        ) from exc
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, *, what: str = "--out", need_bytes: int = 0) -> Path:
+    """Raise :class:`UsageError` unless ``path`` can be written as a regular file: not a
+    folder, not a device, its folder exists and is writable, at least ``need_bytes`` free."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give the path of a file to write")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{what} {path} is not a regular file; give the path of a file to write")
+    folder = check_writable_folder(path.parent, what=f"{what} {path}")
+    if need_bytes > 0:
+        free = shutil.disk_usage(folder).free
+        if free < need_bytes:
+            raise UsageError(
+                f"not enough free space for {what} {path}: about {_mb(need_bytes)} needed, "
+                f"{_mb(free)} free in {folder}"
+            )
+    return path
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def check_distinct_files(named: Mapping[str, str | os.PathLike | None]) -> None:
+    """Raise :class:`UsageError` when two of the named paths are the same file.
+
+    >>> check_distinct_files({"--out": "a.csv", "--resume": "b.jsonl", "--sample": None})
+    >>> check_distinct_files({"--out": "a.csv", "--resume": "./a.csv"})
+    Traceback (most recent call last):
+    ...
+    hpa_kit.errors.UsageError: --out and --resume name the same file (a.csv); give each its own path
+    """
+    given = [(name, Path(p)) for name, p in named.items() if p is not None]
+    for i, (name_a, a) in enumerate(given):
+        for name_b, b in given[i + 1 :]:
+            if _same_file(a, b):
+                raise UsageError(
+                    f"{name_a} and {name_b} name the same file ({a}); give each its own path"
+                )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+# --------------------------------------------------------------------------- resume log
+
+
+class ResumeMismatchError(UsageError):
+    """The resume file is not one, or was written by another run (exit 2; nothing touched)."""
+
+
+class ResumeLog:
+    """A JSON-lines file of finished ids that a restarted job reads back.
+
+    Line 1 is the header ``{"format": kind, "version": version, **identity}``: ``identity``
+    holds what makes two runs the same (digests of the inputs, the options that change the
+    results; ``notes`` say in words what a difference in a key means). Then one JSON record
+    per finished id (``{"id": ..., ...}``), each appended,
+    flushed and fsynced; a later record of an id wins.
+
+    :meth:`open` refuses (:class:`ResumeMismatchError`) a file that is not a regular file,
+    does not start with such a header, or whose header differs from this run's, and touches
+    nothing then. Otherwise it drops a last line cut by a kill and returns the records.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        kind: str,
+        version: int,
+        identity: Mapping[str, Any],
+        notes: Mapping[str, str] | None = None,
+        what: str = "--resume",
+    ) -> None:
+        self.path = Path(path)
+        self.what = what
+        self.notes = dict(notes or {})
+        self.header = {"format": kind, "version": version, **identity}
+        self._file = None
+
+    def _header_bytes(self) -> bytes:
+        return (json.dumps(self.header, sort_keys=True) + "\n").encode()
+
+    def open(self) -> dict[str, dict]:
+        """Check the file, then open it for appending; returns ``{id: record}`` found in it."""
+        path = self.path
+        if path.exists() and not path.is_file():
+            raise ResumeMismatchError(f"{self.what} {path} is not a regular file")
+        fresh = not path.exists() or self._is_cut_header()
+        records: dict[str, dict] = {}
+        if fresh:
+            check_output_file(path, what=self.what)
+            with open(path, "wb") as handle:
+                handle.write(self._header_bytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+        else:
+            self._check_header()
+            records, end = _read_records(path)
+            if end < path.stat().st_size:
+                os.truncate(path, end)  # a last line cut by a kill
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        return records
+
+    def _is_cut_header(self) -> bool:
+        """Empty, or a prefix of our own header (killed while writing it): safe to rewrite."""
+        size = self.path.stat().st_size
+        header = self._header_bytes()
+        if size >= len(header):
+            return False
+        return header.startswith(self.path.read_bytes())
+
+    def _check_header(self) -> None:
+        with open(self.path, "rb") as handle:
+            first = handle.readline(_HEADER_LIMIT)
+        try:
+            found = json.loads(first) if first.endswith(b"\n") else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            found = None
+        kind = self.header["format"]
+        if not isinstance(found, dict) or found.get("format") != kind:
+            raise ResumeMismatchError(
+                f"{self.what} {self.path} is not a resume file of {kind} (no {kind} header on "
+                "its first line); it is left untouched: give another path, or delete the file"
+            )
+        for key, value in self.header.items():
+            if found.get(key) != value:
+                note = f" ({self.notes[key]})" if key in self.notes else ""
+                raise ResumeMismatchError(
+                    f"{self.what} {self.path} was written by another run{note}: "
+                    f"{_difference(key, found.get(key), value)}; it is left untouched: give "
+                    "another path, or delete the file to start again"
+                )
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Add one record (flushed and fsynced); a failed write is a :class:`RunError`."""
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise RunError(
+                f"cannot append to {self.what} {self.path}: {describe(exc)}"
+                + (" (the disk is full)" if exc.errno == errno.ENOSPC else "")
+                + "; the ids finished before are kept in it"
+            ) from exc
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:  # the error was reported by append
+                pass
+            self._file = None
+
+    def __enter__(self) -> ResumeLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> tuple[dict | None, dict[str, dict]]:
+        """``(header, {id: record})`` of a resume file, unchecked (``(None, {})`` if none)."""
+        path = Path(path)
+        if not path.is_file():
+            return None, {}
+        with open(path, "rb") as handle:
+            first = handle.readline(_HEADER_LIMIT)
+        try:
+            header = json.loads(first) if first.endswith(b"\n") else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+        records, _ = _read_records(path)
+        return (header if isinstance(header, dict) else None), records
+
+
+def _difference(key: str, theirs: Any, ours: Any) -> str:
+    """``its options.tta is "seed", this run's is "none"`` (the first differing entry).
+
+    >>> print(_difference("options", {"tta": "seed", "floor": 0}, {"tta": "none", "floor": 0}))
+    its options.tta is "seed", this run's is "none"
+    """
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        for name in sorted(set(theirs) | set(ours)):
+            if theirs.get(name) != ours.get(name):
+                return _difference(f"{key}.{name}", theirs.get(name), ours.get(name))
+    return f"its {key} is {_short(theirs)}, this run's is {_short(ours)}"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_records(path: Path) -> tuple[dict[str, dict], int]:
+    """Records after the header line, and the byte offset after the last complete line."""
+    records: dict[str, dict] = {}
+    end = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle):
+            if not line.endswith(b"\n"):
+                break  # cut by a kill
+            end += len(line)
+            if number == 0:
+                continue
+            try:
+                data = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(data, dict) and isinstance(data.get("id"), str):
+                records[data["id"]] = data
+    return records, end
