@@ -33,9 +33,10 @@ of :func:`hpa_kit.io.to_uint8` (``(v + 128) // 257``), area-resized to ``size`` 
   An id that was interrupted fetches only its missing channels.
 - Labels: ``labels_csv`` (default ``dst/labels.csv``) gets ``ID,Label`` (``|``-joined
   ascending indices) for every selected id whose four PNGs exist at the end, in list order.
-  It is written atomically (:func:`hpa_kit.outputs.atomic_write_text`); the leftover of a
-  killed write is removed by the next run, and an existing file that is not such a labels CSV
-  is refused (:class:`hpa_kit.errors.UsageError`), never overwritten.
+  It is written atomically (:func:`hpa_kit.outputs.atomic_write_text`), and an existing file
+  that is not such a labels CSV is refused (:class:`hpa_kit.errors.UsageError`), never
+  overwritten. The leftover temporary file of a killed write (the labels CSV or a PNG) is
+  removed by the next run's first write into its folder (:func:`hpa_kit.outputs.atomic_path`).
 - Threads: the downloads run through :func:`hpa_kit.runner.run_jobs` (``workers`` threads).
 """
 
@@ -342,7 +343,7 @@ def _download_one(
 
 def _check_labels_csv(path: Path) -> None:
     """The labels CSV can be written, and an existing one is ours (``ID,Label`` header)."""
-    from hpa_kit.outputs import check_output_file, remove_stale_temps
+    from hpa_kit.outputs import check_output_file
 
     check_output_file(path, what="the labels CSV")
     if path.is_file() and path.stat().st_size > 0:
@@ -353,7 +354,6 @@ def _check_labels_csv(path: Path) -> None:
                 f"the labels CSV {path} exists and is not one (its first line is not ID,Label); "
                 "it is left untouched: pass another --labels-csv"
             )
-    remove_stale_temps(path)
 
 
 def download_public(

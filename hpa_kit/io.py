@@ -50,12 +50,12 @@ All errors are :class:`ImageError` (a ``ValueError``) subclasses and name the fi
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from hpa_kit.outputs import atomic_path  # re-exported: the one home of atomic writes
 
 __all__ = [
     "CHANNELS",
@@ -342,31 +342,6 @@ def read_image(
     return image
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path to write to; it replaces ``path`` when the block ends without error.
-
-    The temporary file is hidden (leading dot), unique (writers may race), in the same folder
-    (so the rename is atomic) and keeps the suffix (OpenCV and others pick the format from it).
-    On an error it is removed and ``path`` is left as it was; a reader never sees half a file.
-
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     with atomic_path(Path(tmp) / "a.txt") as temp:
-    ...         _ = temp.write_text("done")
-    ...     [(p.name, p.read_text()) for p in Path(tmp).iterdir()]
-    [('a.txt', 'done')]
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def _atomic_imwrite(path: Path, array: np.ndarray) -> Path:
     cv2 = _cv2()
     with atomic_path(path) as temp:
@@ -391,7 +366,9 @@ def write_channels(
 ) -> list[Path]:
     """Write an HxWxC ``uint8`` image as one greyscale file per channel; returns the paths.
 
-    Each file is written under a temporary name and renamed, so a reader never sees half a file.
+    Each file is written under a temporary name and renamed (:func:`atomic_path`, from
+    :mod:`hpa_kit.outputs`), so a reader never sees half a file; the leftovers of a killed
+    write are removed by a later run's first write into ``folder``.
     """
     channels = check_channels(channels)
     image = np.asarray(image)

@@ -6,10 +6,18 @@ Three rules every job that writes files follows:
    output's folder exists and can be written to, the output is not a folder nor a device,
    the disk has room for what will be written, and no two options name the same file.
    Each failure is a :class:`hpa_kit.errors.UsageError` (exit 2) that names the path.
-2. **Write atomically** (:func:`atomic_write_text`): to ``.{name}.{pid}.tmp`` beside the
-   target, then rename. A write killed half-way leaves that temporary file, which the next
-   run removes (:func:`remove_stale_temps`: only names of this pattern, only when the
-   process ``pid`` is gone), never another file.
+2. **Write atomically** (:func:`atomic_path`, :func:`atomic_write_text`; the one home of this
+   rule: images, checkpoints, submissions and labels CSVs all go through it): write to a
+   temporary file beside the target, then rename it over the target, so a reader never sees
+   half a file and a failed write leaves the target as it was. The temporary name carries a
+   marker and the writer's process id (:func:`temp_path`)::
+
+       .{name}.hpa-kit-tmp-{pid}-{8 hex digits}{suffix}
+       .a_red.png.hpa-kit-tmp-4242-0f3a9c1e.png          (a_red.png, written by process 4242)
+
+   A write killed half-way leaves that file; the first atomic write into the same folder by a
+   later process removes it (:func:`remove_stale_temps`: only names of exactly this pattern,
+   only when process ``pid`` is no longer running), never another file.
 3. **Never destroy a file the program did not write** (:class:`ResumeLog`): a resume file
    starts with a header line that names its format and the run that wrote it; a file
    without that header, or with another run's header, is refused, not overwritten.
@@ -27,8 +35,10 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +47,8 @@ from hpa_kit.errors import RunError, UsageError, describe
 __all__ = [
     "ResumeLog",
     "ResumeMismatchError",
+    "TEMP_MARKER",
+    "atomic_path",
     "atomic_write_text",
     "check_distinct_files",
     "check_output_file",
@@ -47,15 +59,45 @@ __all__ = [
 
 _HEADER_LIMIT = 1 << 16  # a resume header is a few hundred bytes; a longer first line is not one
 
+TEMP_MARKER = "hpa-kit-tmp"
+"""The marker in the name of every temporary file of an atomic write (:func:`temp_path`)."""
 
-def temp_path(path: str | os.PathLike) -> Path:
-    """The temporary name of an atomic write of ``path`` by this process.
+_TEMP_NAME = re.compile(
+    rf"\.(?P<name>.+)\.{re.escape(TEMP_MARKER)}-(?P<pid>[1-9][0-9]{{0,9}})-[0-9a-f]{{8}}"
+    r"(?P<suffix>(?:\.[^.]*)?)",
+    re.DOTALL,
+)
+_MAX_PID = 2**31 - 1
+_swept: set[str] = set()  # folders this process has swept (one sweep per folder and process)
 
-    >>> temp_path("out/sub.csv").name == f".sub.csv.{os.getpid()}.tmp"
-    True
+
+def temp_path(path: str | os.PathLike, *, pid: int | None = None) -> Path:
+    """A new temporary name beside ``path`` for an atomic write by process ``pid`` (this one
+    by default): hidden, marked, unique (random digits: writers may race) and ending with
+    ``path``'s suffix (OpenCV and others pick the format from it).
+
+    >>> name = temp_path("out/a_red.png", pid=4242).name
+    >>> name.startswith(".a_red.png.hpa-kit-tmp-4242-"), name.endswith(".png"), _stale_pid(name)
+    (True, True, 4242)
     """
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pid = os.getpid() if pid is None else int(pid)
+    token = secrets.token_hex(4)
+    return path.with_name(f".{path.name}.{TEMP_MARKER}-{pid}-{token}{path.suffix}")
+
+
+def _stale_pid(name: str) -> int | None:
+    """The writer's pid when ``name`` is exactly a :func:`temp_path` name, else None.
+
+    >>> _stale_pid(".a_red.png.hpa-kit-tmp-4242-0f3a9c1e.png"), _stale_pid(".a.csv.4242.tmp")
+    (4242, None)
+    >>> _stale_pid(".a_red.png.hpa-kit-tmp-4242-0f3a9c1e.jpg")  # not the target's suffix
+    """
+    match = _TEMP_NAME.fullmatch(name)
+    if match is None or Path(match["name"]).suffix != match["suffix"]:
+        return None
+    pid = int(match["pid"])
+    return pid if pid <= _MAX_PID else None
 
 
 def _alive(pid: int) -> bool:
@@ -70,41 +112,74 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Remove the leftovers of killed atomic writes of ``path``; returns what was removed.
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the leftovers of killed atomic writes in ``folder``; returns what was removed.
 
-    Only files named ``.{name}.{pid}.tmp`` (:func:`temp_path`) beside ``path`` whose process
-    is no longer running are removed: a write in progress, or any other file, is left alone.
+    Only regular files (not links) whose name is exactly a :func:`temp_path` name and whose
+    writer process is no longer running are removed: a write in progress, or any other file,
+    is left alone. The writers are assumed to share this machine's process ids (a folder
+    shared between machines or containers: a leftover whose pid is alive here stays).
     """
-    path = Path(path)
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.tmp$")
-    removed = []
-    if not path.parent.is_dir():
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
         return removed
-    for candidate in path.parent.iterdir():
-        match = pattern.match(candidate.name)
-        if match and not _alive(int(match[1])) and candidate.is_file():
-            if not candidate.is_symlink():
-                candidate.unlink(missing_ok=True)
-                removed.append(candidate)
+    for entry in entries:
+        pid = _stale_pid(entry.name)
+        if pid is None or not entry.is_file(follow_symlinks=False) or _alive(pid):
+            continue
+        Path(entry.path).unlink(missing_ok=True)
+        removed.append(Path(entry.path))
     return removed
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` through :func:`temp_path` and a rename (fsynced first), so a
-    reader never sees half a file; an error removes the temporary file and propagates."""
+def _sweep_once(folder: Path) -> None:
+    """:func:`remove_stale_temps` on ``folder`` at its first atomic write by this process (a
+    folder of many images is listed once per process, not once per file)."""
+    key = os.path.abspath(folder)
+    if key not in _swept:
+        remove_stale_temps(folder)
+        _swept.add(key)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path (:func:`temp_path`) to write to; it replaces ``path`` when the block
+    ends without error.
+
+    The folder is created if needed, and its stale temporary files are removed first
+    (:func:`remove_stale_temps`, at the first write into it by this process). On an error the
+    temporary file is removed and ``path`` is left as it was; a reader never sees half a file.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     with atomic_path(Path(tmp) / "a.txt") as temp:
+    ...         _ = temp.write_text("done")
+    ...     [(p.name, p.read_text()) for p in Path(tmp).iterdir()]
+    [('a.txt', 'done')]
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_once(path.parent)
     temp = temp_path(path)
     try:
-        with open(temp, "w", encoding=encoding, newline="") as handle:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_path` (newlines as given, flushed to
+    disk before the rename); an error leaves ``path`` as it was and propagates."""
+    with atomic_path(path) as temp:
+        with open(temp, "x", encoding=encoding, newline="") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- checks

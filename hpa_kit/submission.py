@@ -42,7 +42,6 @@ import csv
 import math
 import os
 import re
-import tempfile
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ import numpy as np
 
 from hpa_kit.errors import UsageError
 from hpa_kit.labels import NUM_CLASSES, class_index
+from hpa_kit.outputs import atomic_write_text
 from hpa_kit.rle import RLEError, empty_mask_string, mask_area
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -737,8 +737,9 @@ def write_submission(
     class, confidence, mask text) gets the placeholder ``0 1 <empty mask>`` at its size, and
     the report says why. Masks are not decoded here (run :func:`validate_submission`).
 
-    The file is written to a temporary name in the same folder, then renamed over ``path``:
-    a reader never sees half a file.
+    The file is written to a temporary name in the same folder, then renamed over ``path``
+    (:func:`hpa_kit.outputs.atomic_write_text`): a reader never sees half a file, a failed
+    write leaves ``path`` as it was, and the leftover of a killed write is removed by the next.
     """
     table = read_sample(sample)  # its ids are safe in a CSV line and as file names
     failures = dict(failures or {})
@@ -764,29 +765,8 @@ def write_submission(
         lines.append(f"{image_id},{int(width)},{int(height)},{row_text}")
     expected = set(table["ID"])
     extra = tuple(sorted(i for i in predictions if i not in expected))
-    _atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n", encoding="ascii")
     return WriteReport(path=path, n_rows=len(table), placeholders=placeholders, extra=extra)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- validation

@@ -36,6 +36,7 @@ from hpa_kit.io import (
     resize_area,
     to_uint8,
 )
+from hpa_kit.outputs import temp_path
 
 HOST = "https://images.proteinatlas.org"
 FAST = RetryPolicy(attempts=3, backoff=0.001, max_backoff=0.002, timeout=5.0)
@@ -401,19 +402,25 @@ def test_download_public_cli_absurd_numbers(published, tmp_path, capsys, option,
 
 
 def test_download_public_labels_csv_leftovers_and_foreign_files(published, tmp_path):
-    """A killed write's temporary labels file is removed by the next run (only that pattern,
-    only when its writer is gone); a labels path that holds another file is refused."""
+    """Killed writes' temporary files (labels CSV, a PNG) are removed by the next run (only
+    that pattern, only when its writer is gone); a labels path holding another file is refused."""
     srv, _, list_path = published
     dst = tmp_path / "out"
     dst.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    leftover = dst / f".labels.csv.{dead.pid}.tmp"
-    leftover.write_text("ID,Lab")
-    other = dst / ".labels.csv.tmp"
-    other.write_text("not ours")
+    leftovers = [
+        temp_path(dst / "labels.csv", pid=dead.pid),
+        temp_path(dst / "1_A1_1_red.png", pid=dead.pid),
+    ]
+    for leftover in leftovers:
+        leftover.write_text("ID,Lab")
+    others = [dst / ".labels.csv.tmp", dst / f".labels.csv.{dead.pid}.tmp"]
+    for other in others:
+        other.write_text("not ours")
     report = _run(list_path, dst, srv)
-    assert report.ok and not leftover.exists() and other.read_text() == "not ours"
+    assert report.ok and not any(p.exists() for p in leftovers)
+    assert all(p.read_text() == "not ours" for p in others)
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")
     srv.requests.clear()

@@ -1,4 +1,5 @@
-"""hpa_kit.runner (the job runner) and hpa_kit.outputs (checks, atomic writes, resume logs)."""
+"""hpa_kit.runner (the job runner) and hpa_kit.outputs (checks, resume logs; atomic writes are in
+tests/test_outputs.py)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,8 @@ from hpa_kit.errors import RunError, UsageError
 from hpa_kit.outputs import (
     ResumeLog,
     ResumeMismatchError,
-    atomic_write_text,
     check_distinct_files,
     check_output_file,
-    remove_stale_temps,
-    temp_path,
 )
 from hpa_kit.runner import WORKER_DIED, JobResult, RunnerOptions, Stage, check_number, run_jobs
 
@@ -172,31 +170,6 @@ def test_check_number_and_failure_limits():
 
 
 # --------------------------------------------------------------------------- outputs
-
-
-def _dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
-def test_remove_stale_temps_removes_only_dead_writers_leftovers(tmp_path):
-    target = tmp_path / "labels.csv"
-    dead = tmp_path / f".labels.csv.{_dead_pid()}.tmp"
-    mine = temp_path(target)
-    keep = [mine, tmp_path / ".labels.csv.tmp", tmp_path / ".other.csv.1.tmp", tmp_path / "x.tmp"]
-    for path in (dead, *keep):
-        path.write_text("half")
-    assert remove_stale_temps(target) == [dead]
-    assert not dead.exists() and all(p.exists() for p in keep)
-
-
-def test_atomic_write_text_leaves_no_temp_on_failure(tmp_path):
-    path = atomic_write_text(tmp_path / "a.txt", "one\n")
-    assert path.read_text() == "one\n"
-    with pytest.raises(UnicodeEncodeError):
-        atomic_write_text(tmp_path / "a.txt", "caf\u00e9", encoding="ascii")
-    assert path.read_text() == "one\n" and sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
 def test_check_output_file(tmp_path):
