@@ -117,21 +117,27 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 
     Only regular files (not links) whose name is exactly a :func:`temp_path` name and whose
     writer process is no longer running are removed: a write in progress, or any other file,
-    is left alone. The writers are assumed to share this machine's process ids (a folder
-    shared between machines or containers: a leftover whose pid is alive here stays).
+    is left alone. A clean-up, never an error: a folder that cannot be listed, or a file that
+    cannot be removed, is left as it is. The writers are assumed to share this machine's
+    process ids (a folder shared between machines or containers: a leftover whose pid is
+    alive here stays).
     """
     folder = Path(folder)
     removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # missing, not a folder, or not listable (writable all the same): no sweep
         return removed
     for entry in entries:
         pid = _stale_pid(entry.name)
-        if pid is None or not entry.is_file(follow_symlinks=False) or _alive(pid):
+        if pid is None or _alive(pid):
             continue
-        Path(entry.path).unlink(missing_ok=True)
-        removed.append(Path(entry.path))
+        try:
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # gone meanwhile, or not ours to remove: it stays
+            continue
     return removed
 
 

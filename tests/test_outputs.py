@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,22 @@ def test_a_folder_is_listed_once_per_process_not_once_per_file(tmp_path, monkeyp
     for i in range(20):
         atomic_write_text(tmp_path / f"{i}.txt", "x")
     assert listed == [tmp_path] and len(_names(tmp_path)) == 20
+
+
+def test_a_folder_that_cannot_be_listed_is_still_written(tmp_path):
+    """The sweep is a clean-up: a folder that can be written but not listed (mode 0333) still
+    gets the file. Root ignores permission bits, so as root the writer runs without the
+    capabilities that let it (setpriv)."""
+    folder = tmp_path / "wx"
+    folder.mkdir()
+    folder.chmod(0o333)
+    script = "import sys; from hpa_kit.outputs import atomic_write_text as w; w(sys.argv[1], 'x')"
+    command = [sys.executable, "-c", script, str(folder / "a.txt")]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: cannot make a folder unlistable")
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    folder.chmod(0o755)
+    assert result.returncode == 0, result.stderr
+    assert (folder / "a.txt").read_text() == "x"
