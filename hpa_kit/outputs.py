@@ -37,6 +37,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,7 +102,8 @@ def _stale_pid(name: str) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
+    """Whether process ``pid`` may be running (True when that cannot be told safely)."""
+    if pid == os.getpid() or sys.platform == "win32":  # there os.kill(pid, 0) ends the process
         return True
     try:
         os.kill(pid, 0)
@@ -117,10 +119,11 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 
     Only regular files (not links) whose name is exactly a :func:`temp_path` name and whose
     writer process is no longer running are removed: a write in progress, or any other file,
-    is left alone. A clean-up, never an error: a folder that cannot be listed, or a file that
-    cannot be removed, is left as it is. The writers are assumed to share this machine's
-    process ids (a folder shared between machines or containers: a leftover whose pid is
-    alive here stays).
+    is left alone (on Windows, where liveness cannot be asked safely, nothing is removed). A
+    clean-up, never an error: a folder that cannot be listed, or a file that cannot be
+    removed, is left as it is. The writers are assumed to share this machine's process ids
+    (a folder shared between machines or containers: a leftover whose pid is alive here
+    stays).
     """
     folder = Path(folder)
     removed: list[Path] = []

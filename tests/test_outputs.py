@@ -176,3 +176,13 @@ def test_a_folder_that_cannot_be_listed_is_still_written(tmp_path):
     folder.chmod(0o755)
     assert result.returncode == 0, result.stderr
     assert (folder / "a.txt").read_text() == "x"
+
+
+def test_no_sweep_where_liveness_cannot_be_asked_safely(tmp_path, monkeypatch):
+    """On Windows os.kill(pid, 0) would end process pid: leftovers are kept there."""
+    leftover = temp_path(tmp_path / "a.csv", pid=NEVER_A_PID)
+    leftover.write_text("half")
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert remove_stale_temps(tmp_path) == [] and leftover.exists()
+    monkeypatch.undo()
+    assert remove_stale_temps(tmp_path) == [leftover] and not leftover.exists()
