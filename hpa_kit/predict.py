@@ -283,7 +283,9 @@ def load_ensemble(
 ) -> list[tuple[torch.nn.Module, ClassifierConfig]]:
     """Load checkpoint directories (:func:`hpa_kit.model.load_classifier`) onto ``device``.
 
-    All must predict the same classes in the same order; channels must be among RGBY.
+    All must predict the same classes in the same order; channels must be among RGBY. A folder
+    that is not a checkpoint raises :class:`hpa_kit.model.CheckpointError`, an ensemble that does
+    not agree a :class:`hpa_kit.errors.UsageError`.
     """
     from hpa_kit.model import load_classifier
 
@@ -291,13 +293,13 @@ def load_ensemble(
     for path in paths:
         model, config = load_classifier(path, device=device)
         if out and config.class_names != out[0][1].class_names:
-            raise ValueError(
+            raise UsageError(
                 f"checkpoint {path} predicts {config.num_classes} classes {config.class_names[:3]}..., "
                 f"unlike the first checkpoint ({out[0][1].num_classes} classes); an ensemble must agree"
             )
         out.append((model, config))
     if not out:
-        raise ValueError("no checkpoints given")
+        raise UsageError("no checkpoints given")
     return out
 
 
