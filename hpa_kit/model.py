@@ -161,8 +161,10 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Classifier
     directory.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)  # unwrap DataParallel / DDP
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_FILE) as temp:
-        torch.save(state, temp)
+    with atomic_path(directory / WEIGHTS_FILE) as temp, open(temp, "wb") as handle:
+        # Through a file object: torch names the archive inside after a path it is given, and
+        # the temporary name would make two saves of the same weights differ in their bytes.
+        torch.save(state, handle)
     atomic_write_text(
         directory / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
     )

@@ -229,6 +229,16 @@ def test_save_checkpoint_removes_a_killed_saves_leftovers(good, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE])
 
 
+def test_two_saves_of_the_same_weights_are_byte_identical(good, tmp_path):
+    model, config = load_classifier(good)
+    one, two = (
+        save_checkpoint(tmp_path / "a", model, config),
+        save_checkpoint(tmp_path / "b", model, config),
+    )
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+
+
 def test_config_checks_channels_and_normalisation_by_the_io_rules():
     config = ClassifierConfig(arch=ARCH, channels=["blue", "yellow"], std=(1, 2))
     assert config.channels == ("blue", "yellow")
