@@ -65,8 +65,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from hpa_kit.errors import RunError, UsageError
 from hpa_kit.io import CHANNELS
 from hpa_kit.segment import ClassicalSegmenter
@@ -82,8 +80,10 @@ __all__ = [
     "DemoResult",
     "demo_paths",
     "format_summary",
+    "gain_over_baselines",
     "quick_config",
     "run_demo",
+    "torch_kernels",
 ]
 
 HPA_SIZE = 2048
@@ -539,10 +539,11 @@ def _score_stage(run: _Run, test_set: SynthDataset) -> tuple[dict[str, dict[str,
 
 def _overlay_stage(run: _Run, test_set: SynthDataset) -> list[Path]:
     """``overlays/{id}.png`` of the first ``config.overlays`` test images: predicted cells
-    and their top-2 classes (left) beside the true cells and classes (right)."""
+    and their top-2 classes (left) beside the true cells and classes (right), titled
+    (:func:`hpa_kit.viz.prediction_vs_truth`)."""
     from hpa_kit.io import read_image
-    from hpa_kit.submission import prediction_label_image, read_submission
-    from hpa_kit.viz import annotate_cells, composite, draw_outlines, overlay, save_png
+    from hpa_kit.submission import read_submission
+    from hpa_kit.viz import prediction_vs_truth, save_png
 
     paths = run.paths
     submission = read_submission(paths["submission"])
@@ -550,17 +551,8 @@ def _overlay_stage(run: _Run, test_set: SynthDataset) -> list[Path]:
     files = []
     for row in submission.head(run.config.overlays).itertuples(index=False):
         image = read_image(paths["test"] / "images", row.ID, channels=CHANNELS)
-        height, width = image.shape[:2]
-        labels, probs = prediction_label_image(row.PredictionString, height, width)
-        left = overlay(image, labels, probs={c + 1: p for c, p in enumerate(probs)}, top_k=2)
-        truth_labels, true_probs = prediction_label_image(truth.loc[row.ID], height, width)
-        texts = {
-            cell: "true " + "|".join(str(c) for c in np.flatnonzero(true_probs[cell - 1] > 0))
-            for cell in range(1, len(true_probs) + 1)
-        }
-        right = annotate_cells(draw_outlines(composite(image), truth_labels), truth_labels, texts)
-        gap = np.full((height, 4, 3), 255, dtype=np.uint8)
-        files.append(save_png(paths["overlays"] / f"{row.ID}.png", np.hstack([left, gap, right])))
+        picture = prediction_vs_truth(image, row.PredictionString, truth.loc[row.ID])
+        files.append(save_png(paths["overlays"] / f"{row.ID}.png", picture))
     return files
 
 
@@ -574,6 +566,7 @@ def _summary(run: _Run, outcome: _Outcome) -> dict[str, Any]:
         "map": scores["cells"]["map"],
         "baseline_map": scores["baseline"]["map"],
         "baseline_cell_mean_map": scores["baseline_cell_mean"]["map"],
+        "gain": gain_over_baselines(scores),
         "segmentation": {
             key: getattr(seg, key)
             for key in (
@@ -603,6 +596,7 @@ def _summary(run: _Run, outcome: _Outcome) -> dict[str, Any]:
         "tta": run.config.tta,
         "segmenter": repr(run.segmenter),
         "torch_threads": run.config.torch_threads,
+        "torch": torch_kernels(),
         "seconds": dict(run.seconds),
         "problems": run.problems,
         "paths": {k: os.fspath(v) for k, v in run.paths.items()}
@@ -611,6 +605,33 @@ def _summary(run: _Run, outcome: _Outcome) -> dict[str, Any]:
             "overlay_files": [os.fspath(p) for p in outcome.overlay_files],
         },
         "config": run.config.to_dict(),
+    }
+
+
+def gain_over_baselines(scores: Mapping[str, Mapping[str, Any]]) -> float:
+    """The demo's claim: per-cell mAP minus the better of the two baselines' mAPs.
+
+    >>> scores = {"cells": {"map": 0.75}, "baseline": {"map": 0.5},
+    ...           "baseline_cell_mean": {"map": 0.625}}
+    >>> gain_over_baselines(scores)
+    0.125
+    """
+    better = max(scores["baseline"]["map"], scores["baseline_cell_mean"]["map"])
+    return scores["cells"]["map"] - better
+
+
+def torch_kernels() -> dict[str, str | None]:
+    """The torch version and the CPU kernel set its operators dispatch to
+    (``torch.backends.cpu.get_cpu_capability()``: ``DEFAULT``, ``AVX2``, ``AVX512``, ...),
+    with the ``ATEN_CPU_CAPABILITY`` environment variable that can lower it (None when unset).
+    Training on the CPU rounds differently under each kernel set, so the demo's scores are
+    reproducible for one kernel set, not across them."""
+    import torch
+
+    return {
+        "version": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
     }
 
 
@@ -625,37 +646,67 @@ def _training_summary(trained: Any) -> dict[str, Any]:
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """The printed table of a demo summary: scores, segmentation, seconds, paths."""
+    """The printed table of a demo summary: scores, segmentation, torch, seconds, paths."""
+    return "\n".join(
+        [
+            "hpa-kit demo: synthetic HPA-like data, classical segmentation, CPU classifier",
+            "",
+            *_score_lines(summary),
+            "",
+            "  seconds per stage: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()),
+            *_problem_lines(summary.get("problems", {})),
+            "",
+            *_output_lines(summary["paths"]),
+        ]
+    )
+
+
+def _score_lines(summary: Mapping[str, Any]) -> list[str]:
     seg = summary["segmentation"]
     counts = summary["counts"]
-    lines = [
-        "hpa-kit demo: synthetic HPA-like data, classical segmentation, CPU classifier",
-        "",
-        f"  {'mAP, per-cell classification (submission.csv)':<52} {summary['map']:.4f}",
-        f"  {'mAP, baseline: whole-image confidence per cell':<52} {summary['baseline_map']:.4f}",
-        f"  {'mAP, baseline: mean cell confidence per image':<52} "
-        f"{summary['baseline_cell_mean_map']:.4f}",
-        f"  {'per-cell gain over the better baseline':<52} "
-        f"{summary['map'] - max(summary['baseline_map'], summary['baseline_cell_mean_map']):+.4f}",
-        f"  {'segmentation F1 vs truth (IoU >= 0.6)':<52} {seg['f1']:.4f}  "
-        f"({seg['tp']} of {seg['n_true']} true cells matched, {seg['n_pred']} found, "
-        f"mean IoU {seg['mean_iou']:.3f})",
-        f"  {'submission.csv valid':<52} {summary['submission_valid']}",
-        f"  {'data':<52} {counts['train_images']} train images -> {counts['train_crops']} "
-        f"crops; {counts['test_images']} test images",
-        f"  {'TTA':<52} {summary['tta']}",
-        "",
-        "  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()),
+    torch_info = summary["torch"]
+    env = torch_info["aten_cpu_capability"]
+    rows = [
+        ("mAP, per-cell classification (submission.csv)", f"{summary['map']:.4f}"),
+        ("mAP, baseline: whole-image confidence per cell", f"{summary['baseline_map']:.4f}"),
+        (
+            "mAP, baseline: mean cell confidence per image",
+            f"{summary['baseline_cell_mean_map']:.4f}",
+        ),
+        ("per-cell gain over the better baseline", f"{summary['gain']:+.4f}"),
+        (
+            f"segmentation F1 vs truth (IoU >= {seg['threshold']})",
+            f"{seg['f1']:.4f}  ({seg['tp']} of {seg['n_true']} true cells matched, "
+            f"{seg['n_pred']} found, mean IoU {seg['mean_iou']:.3f})",
+        ),
+        ("submission.csv valid", str(summary["submission_valid"])),
+        (
+            "data",
+            f"{counts['train_images']} train images -> {counts['train_crops']} crops; "
+            f"{counts['test_images']} test images",
+        ),
+        ("TTA", summary["tta"]),
+        (
+            "torch, CPU kernels",
+            f"{torch_info['version']}, {torch_info['cpu_capability']} "
+            f"(ATEN_CPU_CAPABILITY={env if env is not None else 'unset'})",
+        ),
     ]
-    if summary.get("problems"):
-        lines.append("")
-        lines.append("  problems (recorded, the run went on):")
-        for stage, items in summary["problems"].items():
-            for key, cause in items.items():
-                lines.append(f"    {stage}: {key}: {cause}")
-    paths = summary["paths"]
-    lines += [
-        "",
+    return [f"  {name:<52} {value}" for name, value in rows]
+
+
+def _problem_lines(problems: Mapping[str, Mapping[str, str]]) -> list[str]:
+    if not problems:
+        return []
+    lines = ["", "  problems (recorded, the run went on):"]
+    for stage, items in problems.items():
+        lines += [f"    {stage}: {key}: {cause}" for key, cause in items.items()]
+    return lines
+
+
+def _output_lines(paths: Mapping[str, Any]) -> list[str]:
+    return [
         "  outputs:",
         f"    submission       {paths['submission']}",
         f"    baselines        {paths['baseline']}, {paths['baseline_cell_mean']}",
@@ -665,4 +716,3 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"    summary          {paths['summary']}",
         f"    synthetic data   {paths['train']}, {paths['test']}",
     ]
-    return "\n".join(lines)

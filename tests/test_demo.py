@@ -238,6 +238,43 @@ def test_quick_demo_scores_and_summary(quick_run):
     stages = {"synth", "crops", "train", "predict", "baseline", "score", "overlays", "total"}
     assert set(summary["seconds"]) == stages
     assert summary["tta"] == "none"
+    better = max(summary["baseline_map"], summary["baseline_cell_mean_map"])
+    assert summary["gain"] == summary["map"] - better
+
+
+def test_quick_demo_records_and_prints_the_torch_kernel_set(quick_run):
+    import os
+
+    import torch
+
+    from hpa_kit.demo import format_summary
+
+    _, out = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["torch"] == {
+        "version": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
+    }
+    text = format_summary(summary)
+    assert f"{torch.__version__}, {torch.backends.cpu.get_cpu_capability()}" in text
+    assert "per-cell gain over the better baseline" in text and f"{summary['gain']:+.4f}" in text
+
+
+def test_torch_kernels_follow_the_environment_variable():
+    """torch reads ATEN_CPU_CAPABILITY at start-up: a child process with it set to default
+    reports the default kernel set and the variable."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import json; from hpa_kit.demo import torch_kernels; print(json.dumps(torch_kernels()))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    info = json.loads(done.stdout)
+    assert info["cpu_capability"] == "DEFAULT" and info["aten_cpu_capability"] == "default"
 
 
 def test_quick_demo_outputs_exist_and_training_saw_image_labels_only(quick_run):
@@ -250,8 +287,12 @@ def test_quick_demo_outputs_exist_and_training_saw_image_labels_only(quick_run):
     assert config.input_size == quick_config().input_size
     overlays = summary["paths"]["overlay_files"]
     assert len(overlays) == quick_config().overlays
+    size = quick_config().size
     for path in overlays:
-        assert Path(path).is_file() and Path(path).stat().st_size > 0
+        import cv2
+
+        picture = cv2.imread(path)  # two panels and a gap under a legend strip
+        assert picture.shape[0] > size and picture.shape[1] == 2 * size + 4
     # every training crop is labelled with its image's train.csv label
     crops = pd.read_csv(out / "crops" / "crops.csv", dtype={"ID": str, "image": str})
     train = pd.read_csv(out / "train" / "train.csv", dtype={"ID": str}).set_index("ID")

@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="also write OUT/previews/{id}.png overlays (outlines, true classes) for K images",
+        help="also write OUT/previews/{id}.png overlays (outlines, cell ids, true classes by short "
+        "name) for K images",
     )
     parser.set_defaults(func=_run)
 
@@ -135,10 +136,12 @@ def _write_previews(
     config: SynthConfig,
 ) -> list[SynthImage]:
     """``previews/{id}.png`` of the first ``count`` images of ``dataset`` (at most 1024 px):
-    the composite, true outlines, and each cell's id and classes. Returns the images drawn."""
+    the composite, true outlines, and each cell's id and classes (short names). Returns the
+    images drawn."""
     import cv2
     import numpy as np
 
+    from hpa_kit.labels import SHORT_NAMES
     from hpa_kit.synth import generate_image
     from hpa_kit.viz import annotate_cells, composite, draw_outlines, save_png
 
@@ -155,7 +158,7 @@ def _write_previews(
             rgb = cv2.resize(rgb, shape, interpolation=cv2.INTER_AREA)
             labels = cv2.resize(labels, shape, interpolation=cv2.INTER_NEAREST)
         texts = {
-            cell: f"{cell}\n" + ",".join(map(str, classes))
+            cell: "\n".join([str(cell)] + [SHORT_NAMES[c] for c in classes])
             for cell, classes in synth.cell_classes.items()
             if np.any(labels == cell)
         }
