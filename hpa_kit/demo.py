@@ -7,10 +7,10 @@ What it does (each step uses the package's own modules):
    (``train.csv``); the test set's per-cell truth (``truth.csv``, ``masks/``) is read only
    for scoring. Images hold 1-3 classes spread over different cells, so classifying each
    cell matters.
-2. **Weak labels** (:func:`hpa_kit.crop.write_cell_crops`): every training image is segmented with the
-   weights-free classical segmenter (never with the synthetic label images) and each cell
-   is cropped exactly as the predictor crops (:func:`hpa_kit.crop.crop_cells`); a crop gets
-   its *image's* labels. Folds are drawn per image, so no image has cells on both sides.
+2. **Weak labels** (:func:`hpa_kit.crop.write_cell_crops`): every training image is segmented
+   with the weights-free classical segmenter (never with the synthetic label images) and
+   each cell is cropped exactly as the predictor crops (:func:`hpa_kit.crop.crop_cells`); a
+   crop gets its *image's* labels. Folds are drawn per image, so no image has cells on both sides.
 3. **Training** (:func:`hpa_kit.train.fit`): a small timm model from scratch on the crops,
    briefly, on the CPU.
 4. **Prediction** (:func:`hpa_kit.predict.predict_folder`): the test set is segmented with
@@ -25,9 +25,10 @@ What it does (each step uses the package's own modules):
    classification adds).
 6. **Scores** (:func:`hpa_kit.metric.score_submission`, mask IoU >= 0.6) of the three files
    against ``truth.csv``; the segmentation against the synthetic cell labels
-   (:func:`hpa_kit.segment.match_dataset`, F1 at IoU 0.6 pooled over images); overlays of a few test images
-   (:func:`hpa_kit.viz.overlay`: predicted outlines and top-2 classes, beside the truth);
-   ``summary.json`` with both mAPs, the F1 and seconds per stage.
+   (:func:`hpa_kit.segment.match_dataset`, F1 at IoU 0.6 pooled over images); overlays of a
+   few test images (:func:`hpa_kit.viz.prediction_vs_truth`: predicted outlines and top-2
+   classes, beside the truth, by short class name); ``summary.json`` with the three mAPs, the
+   gain over the better baseline, the F1, the torch kernel set and seconds per stage.
 
 Scale. :class:`hpa_kit.segment.SegConfig` declares its areas in pixels of a full-resolution
 (2048 px) HPA image, and the classical maps smooth by a length in the same unit. A synthetic
@@ -37,19 +38,33 @@ times (every synth length is a fraction of the image side), so the demo segments
 ``(seg_scale / pixel_size) ** 2`` and the lengths by ``seg_scale / pixel_size``; with the
 default ``pixel_size=1`` the classical segmenter finds no cell in a 384 px synthetic image.
 
-Output folder layout (``out``)::
+Output folder layout (``out``; ``{id}`` is ``train_00000``..., ``test_00000``...)::
 
-    train/  test/          synthetic data (write_dataset layout)
-    crops/                 crops/images/*.png and crops.csv (ID, Label, fold, image)
-    model/                 fit() output: best/, last/, log.jsonl
-    submission.csv         per-cell prediction (validated)
-    baseline.csv           whole-image confidence for every cell
-    baseline_cell_mean.csv mean cell confidence for every cell
-    overlays/{id}.png      prediction (left) and truth (right) for a few test images
-    summary.json           scores, F1, counts, seconds per stage, paths, config
+    .hpa-kit-demo                 marker: a rerun into this folder replaces the outputs below
+    train/ test/                  synthetic data (hpa_kit.synth.write_dataset layout):
+      images/{id}_{red,green,blue,yellow}.png
+      masks/{id}_cells.png, masks/{id}_nuclei.png    16-bit true label images
+      train.csv                   ID,Label (image-level labels; the only labels training sees)
+      sample_submission.csv       ID,ImageWidth,ImageHeight,PredictionString (placeholders)
+      truth.csv                   every true (cell, class) as ``class 1 mask`` (test: scoring)
+    crops/
+      images/{id}_c{cell:04d}_{color}.png   one crop per found cell, config.channels
+      crops.csv                   ID,Label,image,fold (each crop with its image's labels)
+    model/                        hpa_kit.train.fit output
+      best/model.pt, best/config.json         the checkpoint used (lowest validation loss)
+      last/model.pt, last/config.json, last/train_state.pt   the last epoch (resumable)
+      log.jsonl, train_config.json            per-epoch log, the training config
+    submission.csv                per-cell prediction of the test set (validated)
+    baseline.csv                  whole-image confidence for every cell
+    baseline_cell_mean.csv        mean cell confidence for every cell
+    overlays/{id}.png             predicted (left) beside truth (right), first ``overlays`` ids
+    summary.json                  scores, gain, F1, counts, training, torch kernels, seconds,
+                                  problems, paths, config
 
-Everything is seeded: the same config on the same machine gives the same numbers (torch on
-the CPU is deterministic for these models; the report's timings are not).
+Everything is seeded: the same config, on the same machine and torch CPU kernel set, gives the
+same files and numbers (torch on the CPU is deterministic for these models; the timings are
+not). Another kernel set (``ATEN_CPU_CAPABILITY``, recorded in ``summary.json``) rounds
+differently and trains to slightly different scores; BENCHMARKS.md gives their range.
 """
 
 from __future__ import annotations
