@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a reduced run (tiny images, one short epoch, no TTA): checks the plumbing in seconds",
     )
     parser.add_argument("--n-train", type=int, default=None, help="training images (default 120)")
-    parser.add_argument("--n-test", type=int, default=None, help="test images (default 24)")
+    parser.add_argument("--n-test", type=int, default=None, help="test images (default 144)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
     parser.add_argument(
         "--tta", choices=("none", "seed", "d4"), default=None, help="TTA set (default seed)"
