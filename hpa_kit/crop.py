@@ -204,12 +204,10 @@ def write_cell_crops(
     """
     import pandas as pd
 
-    from hpa_kit.io import CHANNELS
+    from hpa_kit.io import CHANNELS, check_channels
     from hpa_kit.progress import progress_bar
 
-    channels = tuple(channels)
-    if not channels or not set(channels) <= set(CHANNELS):
-        raise ValueError(f"channels must be names from {CHANNELS}, got {channels}")
+    channels = check_channels(channels)
     index = [CHANNELS.index(c) for c in channels]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

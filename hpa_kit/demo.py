@@ -81,7 +81,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpa_kit.errors import RunError, UsageError
-from hpa_kit.io import CHANNELS
+from hpa_kit.io import CHANNELS, check_channels
 from hpa_kit.segment import ClassicalSegmenter
 from hpa_kit.synth import SynthConfig, SynthDataset
 
@@ -183,11 +183,10 @@ class DemoConfig:
             raise UsageError(f"DemoConfig.seg_scale must be in (0, 1], got {self.seg_scale}")
         if self.input_size < 16:
             raise UsageError(f"DemoConfig.input_size must be >= 16, got {self.input_size}")
-        bad = [c for c in self.channels if c not in CHANNELS]
-        if bad or not self.channels:
-            raise UsageError(
-                f"DemoConfig.channels must be names from {CHANNELS}, got {self.channels}"
-            )
+        try:
+            check_channels(self.channels)
+        except ValueError as exc:
+            raise UsageError(f"DemoConfig.channels: {exc}") from None
         if self.lr <= 0 or self.margin < 0 or self.overlays < 0:
             raise UsageError(
                 f"DemoConfig needs lr > 0, margin >= 0, overlays >= 0; got {self.lr}, "
@@ -485,7 +484,12 @@ def _predict_stage(run: _Run, test_set: SynthDataset, checkpoint: Path) -> tuple
 
     config, paths = run.config, run.paths
     options = PredictOptions(
-        tta=config.tta, num_workers=0, device="cpu", amp=False, progress=config.progress
+        tta=config.tta,
+        num_workers=0,
+        device="cpu",
+        amp=False,
+        threads=config.torch_threads,  # the run's thread count, also while classifying
+        progress=config.progress,
     )
     report = predict_folder(
         paths["test"] / "images",

@@ -135,18 +135,12 @@ def find_outlines(labels: np.ndarray) -> np.ndarray:
 
     >>> find_outlines(np.array([[0, 0, 0], [0, 3, 0], [0, 0, 0]])).astype(int).tolist()
     [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+    >>> find_outlines(np.array([[2, 2, 2, 2], [2, 1, 1, 2]])).astype(int).tolist()
+    [[0, 1, 1, 0], [1, 1, 1, 1]]
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
-    edge = np.zeros(labels.shape, dtype=bool)
-    vertical = labels[1:, :] != labels[:-1, :]
-    horizontal = labels[:, 1:] != labels[:, :-1]
-    edge[1:, :] |= vertical
-    edge[:-1, :] |= vertical
-    edge[:, 1:] |= horizontal
-    edge[:, :-1] |= horizontal
-    return edge & (labels > 0)
+    from hpa_kit._boundary import label_boundaries
+
+    return label_boundaries(labels, connectivity=4, background=True)
 
 
 def draw_outlines(

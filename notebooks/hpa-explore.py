@@ -42,9 +42,12 @@ if not SEG_WEIGHTS and not CLASSICAL and ON_KAGGLE:
     SEG_WEIGHTS = str(found[0].parent) if found else ""
 CLASSICAL = CLASSICAL or not SEG_WEIGHTS  # no weights: the classical segmenter
 
-# %% install: nothing if importable; offline from WHEELS (Kaggle); else online (Colab)
+# %% install: nothing if installed; offline from WHEELS (Kaggle); else online (Colab)
 PIP = [sys.executable, "-m", "pip", "install", "--quiet"]
-if importlib.util.find_spec("hpa_kit") is None:
+module_spec = importlib.util.find_spec("hpa_kit")
+# origin None: only a folder named hpa_kit (e.g. a source checkout in the working
+# directory) was found, a namespace package without the code: install the wheel anyway.
+if module_spec is None or module_spec.origin is None:
     if not (WHEELS or HPA_KIT_SPEC):
         raise RuntimeError("hpa_kit is missing: attach the wheels dataset or set HPA_KIT_SPEC")
     source = ["--no-index", "--find-links", WHEELS, "hpa_kit"] if WHEELS else [HPA_KIT_SPEC]

@@ -42,9 +42,17 @@ from hpa_kit.segment._config import (
     scaled_cut,
     scaled_radius,
 )
+from hpa_kit.segment._folder import segment_folder
 from hpa_kit.segment._label import label_cells, maps_to_labels, upsample_labels
 from hpa_kit.segment._match import DatasetMatching, Matching, match_dataset, match_labels
-from hpa_kit.segment._segmenter import ClassicalSegmenter, NetworkSegmenter, Segmenter, segment
+from hpa_kit.segment._segmenter import (
+    ClassicalSegmenter,
+    DeviceStage,
+    NetworkSegmenter,
+    Segmenter,
+    device_stage,
+    segment,
+)
 from hpa_kit.segment.classical import ClassicalConfig, classical_maps
 from hpa_kit.segment.networks import (
     WEIGHT_FILES,
@@ -57,12 +65,14 @@ __all__ = [
     "ClassicalConfig",
     "ClassicalSegmenter",
     "DatasetMatching",
+    "DeviceStage",
     "Matching",
     "NetworkSegmenter",
     "ScaledSizes",
     "SegConfig",
     "Segmenter",
     "classical_maps",
+    "device_stage",
     "label_cells",
     "load_segmentation_models",
     "maps_to_labels",
@@ -74,5 +84,6 @@ __all__ = [
     "scaled_cut",
     "scaled_radius",
     "segment",
+    "segment_folder",
     "upsample_labels",
 ]
