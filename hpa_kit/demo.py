@@ -309,7 +309,7 @@ class _Outcome:
     validation: Any  # hpa_kit.submission.ValidationReport
     baseline_validation: Any
     scores: dict[str, dict[str, Any]]
-    segmentation: Any  # hpa_kit.segment.DatasetMatching
+    segmentation: Any  # hpa_kit.segment.Matching, pooled over the test images
     overlay_files: list[Path]
 
 

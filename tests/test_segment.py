@@ -736,6 +736,9 @@ def test_match_dataset_pools_counts_not_per_image_scores():
     assert match_dataset([(b_true, b_pred)], threshold=0.7).tp == 0  # 0.6 < 0.7
     empty = match_dataset([])
     assert (empty.n_images, empty.f1, empty.mean_iou) == (0, 0.0, 0.0)
+    # one pair pooled is that pair's own matching (match_labels counts one image)
+    assert match_dataset([(b_true, b_pred)]) == match_labels(b_true, b_pred)
+    assert match_labels(b_true, b_pred).n_images == 1
     with pytest.raises(ValueError, match="threshold"):
         match_dataset([], threshold=0.0)
     with pytest.raises(ValueError, match="one shape"):

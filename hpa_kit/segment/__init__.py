@@ -44,7 +44,7 @@ from hpa_kit.segment._config import (
 )
 from hpa_kit.segment._folder import segment_folder
 from hpa_kit.segment._label import label_cells, maps_to_labels, upsample_labels
-from hpa_kit.segment._match import DatasetMatching, Matching, match_dataset, match_labels
+from hpa_kit.segment._match import Matching, match_dataset, match_labels
 from hpa_kit.segment._segmenter import (
     ClassicalSegmenter,
     DeviceStage,
@@ -64,7 +64,6 @@ __all__ = [
     "WEIGHT_FILES",
     "ClassicalConfig",
     "ClassicalSegmenter",
-    "DatasetMatching",
     "DeviceStage",
     "Matching",
     "NetworkSegmenter",

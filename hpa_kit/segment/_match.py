@@ -11,11 +11,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["DatasetMatching", "Matching", "match_dataset", "match_labels"]
+__all__ = ["Matching", "match_dataset", "match_labels"]
 
 
 class Matching(NamedTuple):
-    """Result of :func:`match_labels`. Precision and recall are 0 when undefined."""
+    """Result of :func:`match_labels` (one image pair) and :func:`match_dataset` (counts summed
+    over ``n_images`` pairs, then the ratios of the sums). Ratios are 0 when undefined."""
 
     threshold: float
     n_true: int
@@ -25,6 +26,17 @@ class Matching(NamedTuple):
     recall: float
     f1: float
     mean_iou: float  # mean IoU of the matched pairs (0 when none)
+    n_images: int = 1
+
+
+def _matching(
+    threshold: float, n_true: int, n_pred: int, tp: int, mean_iou: float, n_images: int
+) -> Matching:
+    """The :class:`Matching` of these counts (the one home of the ratios)."""
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * tp / (n_true + n_pred) if n_true + n_pred else 0.0
+    return Matching(threshold, n_true, n_pred, tp, precision, recall, f1, mean_iou, n_images)
 
 
 def _compact(labels: np.ndarray) -> np.ndarray:
@@ -88,32 +100,13 @@ def match_labels(truth: np.ndarray, pred: np.ndarray, *, threshold: float = 0.5)
             used_t.add(r)
             used_p.add(c)
             matched.append(iou[r, c])
-    tp = len(matched)
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_true if n_true else 0.0
-    f1 = 2 * tp / (n_true + n_pred) if n_true + n_pred else 0.0
     mean_iou = float(np.mean(matched)) if matched else 0.0
-    return Matching(threshold, n_true, n_pred, tp, precision, recall, f1, mean_iou)
-
-
-class DatasetMatching(NamedTuple):
-    """Result of :func:`match_dataset`: counts summed over images, then the ratios of the sums
-    (0 when undefined)."""
-
-    threshold: float
-    n_images: int
-    n_true: int
-    n_pred: int
-    tp: int
-    precision: float
-    recall: float
-    f1: float
-    mean_iou: float  # mean IoU of all matched pairs, over every image (0 when none)
+    return _matching(threshold, n_true, n_pred, len(matched), mean_iou, 1)
 
 
 def match_dataset(
     pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, threshold: float = 0.5
-) -> DatasetMatching:
+) -> Matching:
     """Pooled one-to-one matching of many ``(truth, pred)`` label image pairs.
 
     Each pair is matched on its own (:func:`match_labels`); true objects, predicted objects
@@ -144,14 +137,4 @@ def match_dataset(
         n_true += match.n_true
         n_pred += match.n_pred
         iou_sum += match.mean_iou * match.tp
-    return DatasetMatching(
-        threshold=threshold,
-        n_images=n_images,
-        n_true=n_true,
-        n_pred=n_pred,
-        tp=tp,
-        precision=tp / n_pred if n_pred else 0.0,
-        recall=tp / n_true if n_true else 0.0,
-        f1=2 * tp / (n_true + n_pred) if n_true + n_pred else 0.0,
-        mean_iou=iou_sum / tp if tp else 0.0,
-    )
+    return _matching(threshold, n_true, n_pred, tp, iou_sum / tp if tp else 0.0, n_images)
