@@ -19,6 +19,7 @@ __all__ = [
     "CLASS_NAMES",
     "NEGATIVE",
     "NUM_CLASSES",
+    "SHORT_NAMES",
     "LabelError",
     "class_index",
     "format_labels",
@@ -49,6 +50,31 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 NUM_CLASSES: int = len(CLASS_NAMES)
 NEGATIVE: int = 18
+
+SHORT_NAMES: tuple[str, ...] = (
+    "Nucleopl.",
+    "Nucl.memb.",
+    "Nucleoli",
+    "Fib.center",
+    "Speckles",
+    "Nucl.bod.",
+    "ER",
+    "Golgi",
+    "Int.fil.",
+    "Actin",
+    "Microtub.",
+    "Spindle",
+    "Centros.",
+    "Pl.memb.",
+    "Mitoch.",
+    "Aggresome",
+    "Cytosol",
+    "Vesicles",
+    "Negative",
+)
+"""Names of :data:`CLASS_NAMES` short enough to write on a cell in a picture: distinct, at
+most 10 ASCII characters, no spaces (``SHORT_NAMES[13]`` is ``"Pl.memb."``, plasma
+membrane)."""
 
 
 class LabelError(ValueError):

@@ -71,11 +71,15 @@ __all__ = [
     "cells_prediction_string",
     "format_confidence",
     "format_prediction_string",
+    "is_placeholder",
     "iter_rows",
+    "labels_from_masks",
     "parse_prediction_string",
     "placeholder_prediction_string",
+    "prediction_label_image",
     "read_sample",
     "read_submission",
+    "submission_cells",
     "validate_submission",
     "write_submission",
 ]
@@ -987,3 +991,80 @@ def validate_submission(
         n_rows_without_cells=check.n_without_cells,
         n_unlisted=check.n_unlisted,
     )
+
+
+# --------------------------------------------------------------------------- cells of a row
+
+
+def submission_cells(prediction: str | None) -> tuple[list[str], np.ndarray]:
+    """The cells of one PredictionString: ``(masks, probs)``.
+
+    ``masks`` are the distinct mask texts in order of first appearance (one per cell),
+    ``probs`` a ``(cells, 19)`` float32 table of their confidences (0 where a cell has no
+    triplet for a class). The placeholder ``0 1 <empty mask>`` counts as one cell here; test
+    for it with :func:`is_placeholder`. Triplets are split by :func:`parse_prediction_string`.
+
+    >>> masks, probs = submission_cells("0 0.5 AA 3 0.25 AA 0 0.75 BB")
+    >>> masks, probs[:, [0, 3]].tolist()
+    (['AA', 'BB'], [[0.5, 0.25], [0.75, 0.0]])
+    >>> submission_cells("")[1].shape
+    (0, 19)
+    """
+    order: dict[str, int] = {}
+    entries = []
+    for cls, conf, mask in parse_prediction_string(prediction):
+        entries.append((order.setdefault(mask, len(order)), int(cls), float(conf)))
+    probs = np.zeros((len(order), NUM_CLASSES), dtype=np.float32)
+    for cell, cls, conf in entries:
+        probs[cell, cls] = conf
+    return list(order), probs
+
+
+def is_placeholder(masks: Sequence[str], height: int, width: int) -> bool:
+    """True when ``masks`` (from :func:`submission_cells`) is the placeholder row's single
+    empty mask: the image has no cell.
+
+    >>> is_placeholder(["eNoLCAgIMAEABJkBdQ=="], 2048, 2048), is_placeholder([], 2048, 2048)
+    (True, False)
+    """
+    return len(masks) == 1 and masks[0] == empty_mask_string(height, width)
+
+
+def labels_from_masks(masks: Sequence[str], height: int, width: int) -> np.ndarray:
+    """``(height, width)`` int32 label image of ``masks``: cell ``k`` (1-based) is ``masks[k - 1]``;
+    where masks overlap, the later one wins; 0 is background.
+
+    >>> from hpa_kit.rle import encode_binary_mask
+    >>> top = encode_binary_mask(np.array([[1, 1], [0, 0]], dtype=bool))
+    >>> right = encode_binary_mask(np.array([[0, 1], [0, 1]], dtype=bool))
+    >>> labels_from_masks([top, right], 2, 2).tolist()
+    [[1, 2], [0, 2]]
+    """
+    from hpa_kit.rle import decode_binary_mask
+
+    labels = np.zeros((height, width), dtype=np.int32)
+    for cell, mask in enumerate(masks, start=1):
+        labels[decode_binary_mask(mask, height, width)] = cell
+    return labels
+
+
+def prediction_label_image(
+    prediction: str | None, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One row's cells as ``(labels, probs)``: the int32 label image of its masks
+    (:func:`labels_from_masks`, cells in order of first appearance) and their ``(cells, 19)``
+    confidences (:func:`submission_cells`). The placeholder row gives no cell.
+
+    >>> from hpa_kit.rle import encode_binary_mask
+    >>> cell = encode_binary_mask(np.array([[0, 1], [0, 1]], dtype=bool))
+    >>> labels, probs = prediction_label_image(f"16 0.5 {cell}", 2, 2)
+    >>> labels.tolist(), probs[:, 16].tolist()
+    ([[0, 1], [0, 1]], [0.5])
+    >>> labels, probs = prediction_label_image(placeholder_prediction_string(2, 2), 2, 2)
+    >>> int(labels.max()), probs.shape
+    (0, (0, 19))
+    """
+    masks, probs = submission_cells(prediction)
+    if is_placeholder(masks, height, width):
+        masks, probs = [], probs[:0]
+    return labels_from_masks(masks, height, width), probs
