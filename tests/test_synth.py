@@ -291,6 +291,22 @@ def test_write_dataset_bad_arguments(tmp_path):
         write_dataset(tmp_path, n=1, size=64, seed=-1)
 
 
+@pytest.mark.parametrize("prefix", ['a"b', "a..b", "a'b", "a b", "a,b", "a/b", "caf\u00e9", ""])
+def test_a_bad_id_prefix_is_refused_before_anything_is_written(tmp_path, capsys, prefix):
+    """The ids must pass the sample reader's id rule (hpa_kit.submission.check_image_id): it
+    is checked first, so a bad prefix writes nothing (it used to write images, masks,
+    train.csv and sample_submission.csv, then fail on reading them back)."""
+    from hpa_kit.cli import main
+
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="id_prefix"):
+        write_dataset(out, n=1, size=64, seed=0, id_prefix=prefix)
+    assert main(["synth", str(out), "--n", "1", "--size", "64", "--id-prefix", prefix]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hpa-kit synth: id_prefix") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_synth(tmp_path: Path, capsys):
     from hpa_kit.cli import main
 

@@ -61,7 +61,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="image size: N (square) or HEIGHTxWIDTH, e.g. 1024x2048 (default 2048)",
     )
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    parser.add_argument("--id-prefix", default="synth", help="image ids are PREFIX_00000, ...")
+    parser.add_argument(
+        "--id-prefix",
+        default="synth",
+        help="image ids are PREFIX_00000, ...; the ids must follow the ID rule of submissions "
+        "(printable ASCII without spaces, commas, quotes, '/', '\\' or '..'), checked before "
+        "anything is written (default synth)",
+    )
     parser.add_argument(
         "--classes",
         type=_classes,
