@@ -42,6 +42,16 @@ def test_canonical_labels_rejects(text):
         canonical_labels(text)
 
 
+@pytest.mark.parametrize("token", ["01", "00", "+1", "1_0", "\u0661", "\uff11", "1\u0660"])
+def test_canonical_labels_takes_classes_only_as_written_plainly(token):
+    """One rule for class tokens (hpa_kit.labels.class_index): int() would read each of these."""
+    for text in (token, f"0|{token}", f"{token}, 2"):
+        with pytest.raises(LabelError, match="bad class"):
+            canonical_labels(text)
+    with pytest.raises(LabelError, match="row 1"):
+        label_matrix(["3", f"2|{token}"])
+
+
 def test_label_matrix_literal():
     y = label_matrix(["8|5|0", "18"])
     expected = np.zeros((2, 19), dtype=np.uint8)
