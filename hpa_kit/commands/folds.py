@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Read a CSV with an image id column and a label column of '8|5|0' strings, assign "
             "each row to a fold with MultilabelStratifiedKFold (seeded shuffle), then even out "
             "the fold sizes (floor or ceil of rows / folds) with the least change to the "
-            "class balance, and write the table with an int column 'fold'."
+            "class balance, and write the table with an int column 'fold' (atomically: a "
+            "failed write leaves an existing --out as it was)."
         ),
     )
     parser.add_argument("csv", help="training table, e.g. train.csv (ID,Label)")
@@ -33,11 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import sys
-    from pathlib import Path
 
     import pandas as pd
 
     from hpa_kit.folds import make_folds
+    from hpa_kit.outputs import atomic_write_text
 
     try:
         table = pd.read_csv(args.csv, dtype={args.label_col: str}, keep_default_na=False)
@@ -51,9 +52,7 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:  # missing file, bad column, bad label (LabelError)
         print(f"hpa-kit folds: {args.csv}: {exc}", file=sys.stderr)
         return 2
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(path, index=False)
+    path = atomic_write_text(args.out, out.to_csv(index=False))
     sizes = out["fold"].value_counts().sort_index()
     print(f"wrote {path}: {len(out)} rows, fold sizes " + ", ".join(map(str, sizes.tolist())))
     return 0
