@@ -307,6 +307,17 @@ def test_a_bad_id_prefix_is_refused_before_anything_is_written(tmp_path, capsys,
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("classes", ["01", "0,+16", "1_6", "\u0661", "", ","])
+def test_cli_synth_takes_classes_only_as_written_plainly(tmp_path, capsys, classes):
+    """--classes reads class tokens by hpa_kit.labels.class_index (int() read "01" as 1)."""
+    from hpa_kit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["synth", str(tmp_path / "out"), "--n", "1", "--size", "64", "--classes", classes])
+    assert exit_.value.code == 2 and "classes must be" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_synth(tmp_path: Path, capsys):
     from hpa_kit.cli import main
 
