@@ -63,11 +63,12 @@ import numpy as np  # noqa: E402
 from IPython.display import display  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import hpa_kit  # noqa: E402
 from hpa_kit import io, viz  # noqa: E402
 from hpa_kit.labels import CLASS_NAMES  # noqa: E402
 
 image_id = IMAGE_ID or io.list_image_ids(IMAGES)[0]
-image = io.read_image(IMAGES, image_id)  # H x W x 4 uint8, RGBY
+image = hpa_kit.read_image(IMAGES, image_id)  # H x W x 4 uint8, RGBY
 view = io.resize_area(image, VIEW_SIZE)
 print(f"{image_id}: {image.shape[1]} x {image.shape[0]} px")
 display(Image.fromarray(np.hstack([view[..., k] for k in range(4)])))
@@ -77,12 +78,10 @@ OUT.mkdir(parents=True, exist_ok=True)
 display(Image.fromarray(viz.composite(view)))
 
 # %% segmentation
-from hpa_kit.segment import ClassicalSegmenter, NetworkSegmenter  # noqa: E402
-
 segmenter = (
-    ClassicalSegmenter(scale=SEG_SCALE)
+    hpa_kit.ClassicalSegmenter(scale=SEG_SCALE)
     if CLASSICAL
-    else NetworkSegmenter.from_dir(SEG_WEIGHTS, scale=SEG_SCALE)
+    else hpa_kit.NetworkSegmenter.from_dir(SEG_WEIGHTS, scale=SEG_SCALE)
 )
 ((nuclei, cells),) = segmenter.segment([image])
 print(f"{segmenter}: {cells.max()} cells, {nuclei.max()} nuclei")
@@ -93,11 +92,11 @@ display(Image.fromarray(io.resize_area(outlined, VIEW_SIZE)))
 # %% per-cell predictions (with HPA_MODELS)
 probs = None
 if MODELS and cells.max() > 0:
-    from hpa_kit.predict import PredictOptions, load_ensemble, predict_image
+    from hpa_kit.predict import load_ensemble, predict_image
 
     classifiers = load_ensemble([p for p in MODELS.split(os.pathsep) if p], "cpu")
     cell_ids, cell_probs = predict_image(
-        image, cells, classifiers, options=PredictOptions(tta=TTA, num_workers=0)
+        image, cells, classifiers, options=hpa_kit.PredictOptions(tta=TTA, num_workers=0)
     )
     probs = dict(zip(cell_ids.tolist(), cell_probs, strict=True))
     print("mean probability over cells:")
