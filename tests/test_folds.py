@@ -309,3 +309,18 @@ def test_cli_folds_bad_input(tmp_path, capsys):
     assert main(["folds", str(src), "--out", str(tmp_path / "o.csv"), "--n-splits", "2"]) == 2
     assert "row 1" in capsys.readouterr().err and not (tmp_path / "o.csv").exists()
     assert main(["folds", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o.csv")]) == 2
+
+
+def test_cli_folds_checks_out_before_the_work(tmp_path, capsys):
+    src = tmp_path / "train.csv"
+    pd.DataFrame({"ID": list("abcd"), "Label": ["0", "1", "0", "1"]}).to_csv(src, index=False)
+    before = src.read_bytes()
+    cases = [
+        (src, "name the same file"),  # the input itself: never overwritten
+        (tmp_path, "is a folder"),
+    ]
+    for out, message in cases:
+        assert main(["folds", str(src), "--out", str(out), "--n-splits", "2"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and err.count("\n") == 0, err
+    assert src.read_bytes() == before

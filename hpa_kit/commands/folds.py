@@ -33,13 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import sys
+    from pathlib import Path
 
     import pandas as pd
 
+    from hpa_kit.errors import UsageError, describe
     from hpa_kit.folds import make_folds
-    from hpa_kit.outputs import atomic_write_text
+    from hpa_kit.outputs import atomic_write_text, check_distinct_files
 
+    check_distinct_files({"CSV": args.csv, "--out": args.out})  # never overwrite the input
+    if Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a folder; give the path of a CSV file to write")
     try:
         table = pd.read_csv(args.csv, dtype={args.label_col: str}, keep_default_na=False)
         out = make_folds(
@@ -50,8 +54,7 @@ def _run(args: argparse.Namespace) -> int:
             balance=not args.no_balance,
         )
     except (OSError, ValueError) as exc:  # missing file, bad column, bad label (LabelError)
-        print(f"hpa-kit folds: {args.csv}: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.csv}: {describe(exc)}") from exc
     path = atomic_write_text(args.out, out.to_csv(index=False))
     sizes = out["fold"].value_counts().sort_index()
     print(f"wrote {path}: {len(out)} rows, fold sizes " + ", ".join(map(str, sizes.tolist())))
