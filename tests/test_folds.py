@@ -324,3 +324,16 @@ def test_cli_folds_checks_out_before_the_work(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and err.count("\n") == 0, err
     assert src.read_bytes() == before
+
+
+def test_cli_folds_replaces_only_its_own_output(tmp_path, capsys):
+    src = tmp_path / "train.csv"
+    pd.DataFrame({"ID": list("abcd"), "Label": ["0", "1", "0", "1"]}).to_csv(src, index=False)
+    out = tmp_path / "folds.csv"
+    argv = ["folds", str(src), "--out", str(out), "--n-splits", "2"]
+    assert main(argv) == 0 and main([*argv[:-1], "3"]) == 0  # a rerun replaces its own table
+    mine = tmp_path / "notes.csv"
+    mine.write_text("ID,comment\na,keep me\n")
+    assert main(["folds", str(src), "--out", str(mine), "--n-splits", "2"]) == 2
+    assert "is not a folds table" in capsys.readouterr().err
+    assert mine.read_text() == "ID,comment\na,keep me\n"

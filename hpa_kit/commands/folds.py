@@ -55,7 +55,29 @@ def _run(args: argparse.Namespace) -> int:
         )
     except (OSError, ValueError) as exc:  # missing file, bad column, bad label (LabelError)
         raise UsageError(f"{args.csv}: {describe(exc)}") from exc
+    _check_replaceable(Path(args.out), list(out.columns))
     path = atomic_write_text(args.out, out.to_csv(index=False))
     sizes = out["fold"].value_counts().sort_index()
     print(f"wrote {path}: {len(out)} rows, fold sizes " + ", ".join(map(str, sizes.tolist())))
     return 0
+
+
+def _check_replaceable(out, columns: list[str]) -> None:
+    """An existing ``--out`` is replaced only when it is a folds table of the same columns (a
+    previous run's output); any other file is refused, so nothing the user wrote is lost."""
+    import csv
+
+    from hpa_kit.errors import UsageError
+
+    if not out.exists():
+        return
+    try:
+        with out.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        header = []
+    if header != columns:
+        raise UsageError(
+            f"--out {out} exists and is not a folds table of this CSV (columns "
+            f"{','.join(columns)}); remove it or choose another --out"
+        )
