@@ -169,7 +169,7 @@ def test_segment_command_pixel_size(tmp_path, capsys):
     assert cells.max() == 1 and cells[64, 80] == 1
     assert "pixel_size=2.0" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "bad"), "--pixel-size", "0"]) == 2
-    assert "--pixel-size" in capsys.readouterr().err
+    assert "bad segmenter option (scale 0.5, pixel size 0.0)" in capsys.readouterr().err
 
 
 def test_predict_command_passes_pixel_size(tmp_path, monkeypatch):
