@@ -32,6 +32,7 @@ augmentations do not depend on worker count, worker timing or the number of proc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("hpa_kit.dataset needs torch: pip install torch") from exc
 
 from hpa_kit.augment import RGB, channel_names, seed_pipeline, train_transform, val_transform
+from hpa_kit.errors import RunError
 from hpa_kit.labels import NUM_CLASSES, LabelError, parse_labels
 
 __all__ = [
@@ -56,24 +58,32 @@ __all__ = [
 ]
 
 
-class SampleReadError(RuntimeError):
-    """An image of the table could not be read; the message names the id and the cause."""
+class SampleReadError(RunError):
+    """An image of the table could not be read; the message names the id and the cause.
 
-    def __init__(self, image_id: str, folder: str | Path, cause: BaseException) -> None:
-        self.image_id = image_id
+    ``SampleReadError(message)`` (one argument) rebuilds the error from the text a
+    ``DataLoader`` worker passes back (the worker's traceback): the id, folder and cause are
+    read from its last line, so the main process reports the same one line.
+    """
+
+    def __init__(
+        self, image_id: str, folder: str | Path | None = None, cause: BaseException | None = None
+    ) -> None:
+        if folder is None and cause is None:
+            found = _READ_ERROR.findall(str(image_id))
+            image_id, folder, text = found[-1] if found else ("?", "?", str(image_id))
+        else:
+            text = f"{type(cause).__name__}: {cause}"
+        self.image_id = str(image_id)
         self.folder = str(folder)
-        self.cause = f"{type(cause).__name__}: {cause}"
-        super().__init__(f"cannot read image id {image_id!r} from {self.folder}: {self.cause}")
+        self.cause = text
+        super().__init__(f"cannot read image id {self.image_id!r} from {self.folder}: {text}")
 
-    def __reduce__(self):  # keep it picklable across DataLoader worker processes
-        return (_rebuild_read_error, (self.image_id, self.folder, self.cause))
+    def __reduce__(self):  # picklable: rebuilt from its message
+        return (SampleReadError, (str(self),))
 
 
-def _rebuild_read_error(image_id: str, folder: str, cause: str) -> SampleReadError:
-    error = SampleReadError.__new__(SampleReadError)
-    error.image_id, error.folder, error.cause = image_id, folder, cause
-    RuntimeError.__init__(error, f"cannot read image id {image_id!r} from {folder}: {cause}")
-    return error
+_READ_ERROR = re.compile(r"cannot read image id '([^'\n]*)' from ([^\n]*?): ([^\n]*)")
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -91,6 +101,27 @@ def _io():
     return io
 
 
+def _channel_problem(folder: str | Path, image_id: str, names: Sequence[str]) -> str | None:
+    io = _io()
+    lacking, empty = [], []
+    for color in names:
+        path = io.channel_path(folder, image_id, color)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            lacking.append(color)
+            continue
+        if not path.is_file():
+            lacking.append(color)
+        elif size == 0:
+            empty.append(path.name)
+    if lacking:
+        return f"no {', '.join(lacking)} channel PNG in {folder}"
+    if empty:
+        return f"empty file {', '.join(empty)} in {folder}"
+    return None
+
+
 def find_missing(
     ids: Sequence[str],
     images_dir: str | Path,
@@ -98,21 +129,19 @@ def find_missing(
     channels: Sequence[str] = RGB,
     cache_dir: str | Path | None = None,
 ) -> dict[str, str]:
-    """``{id: reason}`` for ids lacking a channel PNG (in ``images_dir`` and in ``cache_dir``).
+    """``{id: reason}`` for ids lacking a channel PNG (in ``images_dir`` and in ``cache_dir``)
+    or whose channel file is empty (0 bytes).
 
-    Only checks that the files exist (cheap), not that they decode.
+    Only looks at the files' existence and size (cheap), not whether they decode.
     """
-    io = _io()
     names = channel_names(channels)
     missing: dict[str, str] = {}
     for image_id in ids:
-        lacking = [c for c in names if not io.channel_path(images_dir, image_id, c).is_file()]
-        if lacking and cache_dir is not None:
-            in_cache = all(io.channel_path(cache_dir, image_id, c).is_file() for c in names)
-            if in_cache:
-                lacking = []
-        if lacking:
-            missing[str(image_id)] = f"no {', '.join(lacking)} channel PNG in {images_dir}"
+        problem = _channel_problem(images_dir, image_id, names)
+        if problem and cache_dir is not None and not _channel_problem(cache_dir, image_id, names):
+            problem = None
+        if problem:
+            missing[str(image_id)] = problem
     return missing
 
 
