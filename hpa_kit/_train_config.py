@@ -14,7 +14,7 @@ from hpa_kit.augment import channel_names
 from hpa_kit.errors import UsageError
 from hpa_kit.labels import NUM_CLASSES
 
-__all__ = ["MONITORS", "TrainConfig", "parse_override"]
+__all__ = ["CELL_LEARNING", "MONITORS", "TrainConfig", "parse_override"]
 
 # metric name -> the direction that is better
 MONITORS: dict[str, str] = {
@@ -24,6 +24,11 @@ MONITORS: dict[str, str] = {
     "train_loss": "min",
 }
 _LOSSES = ("focal", "bce")
+CELL_LEARNING: tuple[str, ...] = ("image-labels", "bags", "refined")
+"""``image-labels``: every row (crop) trained on its own ``Label``; ``bags``: rows sharing
+``bag_column`` form a bag trained on its label through a pooling (:mod:`hpa_kit.mil`);
+``refined``: ``refine_from`` first, then ``refine_rounds`` rounds of row training on soft
+labels the previous model gives (:mod:`hpa_kit.pseudo`)."""
 # Fields that may change between an interrupted run and its resume (out_dir: a run folder
 # copied elsewhere, e.g. from a Kaggle dataset into /kaggle/working, resumes there).
 RESUME_FREE_FIELDS = frozenset(
@@ -82,10 +87,32 @@ def _int_at_least(value: Any, name: str, low: int, *, optional: bool = False) ->
 
 
 # PyYAML reads "6e-4" (no dot) as a string: these fields are coerced to float.
-_FLOAT_FIELDS = ("lr", "weight_decay", "min_lr", "alpha", "gamma", "threshold", "clip_grad_norm")
+_FLOAT_FIELDS = (
+    "lr",
+    "weight_decay",
+    "min_lr",
+    "alpha",
+    "gamma",
+    "threshold",
+    "clip_grad_norm",
+    "pool_temperature",
+    "refine_floor",
+)
 # field -> smallest allowed value (ints), and the optional ones (None allowed)
-_INT_FIELDS = {"n_folds": 2, "input_size": 8, "batch_size": 1, "epochs": 1, "accumulation": 1}
-_OPTIONAL_INT_FIELDS = {"read_size": 1, "val_batch_size": 1, "stop_after_epochs": 1}
+_INT_FIELDS = {
+    "n_folds": 2,
+    "input_size": 8,
+    "batch_size": 1,
+    "epochs": 1,
+    "accumulation": 1,
+    "refine_rounds": 1,
+}
+_OPTIONAL_INT_FIELDS = {
+    "read_size": 1,
+    "val_batch_size": 1,
+    "stop_after_epochs": 1,
+    "bags_per_batch": 1,
+}
 _COUNT_FIELDS = ("workers", "warmup_steps", "seed", "fold")
 
 
@@ -171,6 +198,34 @@ def _check_monitor(config: Any) -> None:
         raise UsageError(f"threshold must be in (0, 1), got {config.threshold}")
 
 
+def _check_cell_learning(config: Any) -> None:
+    from hpa_kit.mil import POOLINGS
+
+    if config.cell_learning not in CELL_LEARNING:
+        raise UsageError(
+            f"cell_learning must be one of {CELL_LEARNING}, got {config.cell_learning!r}"
+        )
+    if config.pooling not in POOLINGS:
+        raise UsageError(f"pooling must be one of {POOLINGS}, got {config.pooling!r}")
+    if config.pool_temperature <= 0:
+        raise UsageError(f"pool_temperature must be > 0, got {config.pool_temperature}")
+    if config.refine_from not in CELL_LEARNING[:2]:
+        raise UsageError(
+            f"refine_from must be one of {CELL_LEARNING[:2]}, got {config.refine_from!r}"
+        )
+    if not 0.0 <= config.refine_floor <= 1.0:
+        raise UsageError(f"refine_floor must be in [0, 1], got {config.refine_floor}")
+    if not config.bag_column or not isinstance(config.bag_column, str):
+        raise UsageError(f"bag_column must name a column, got {config.bag_column!r}")
+    if config.soft_labels is not None:
+        if config.cell_learning != "image-labels":
+            raise UsageError(
+                "soft_labels trains rows on given targets: it needs cell_learning "
+                f"'image-labels', got {config.cell_learning!r}"
+            )
+        _set(config, "soft_labels", str(config.soft_labels))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run (one fold). Defaults reproduce the seed's efficientnet_b0 recipe.
@@ -219,6 +274,16 @@ class TrainConfig:
     class_alpha: Mapping[int, float] = field(default_factory=dict)
     class_gamma: Mapping[int, float] = field(default_factory=dict)
     amp: bool = True
+    # cell learning: how cell crops learn from their image's labels (hpa_kit.mil, .pseudo)
+    cell_learning: str = "image-labels"
+    bag_column: str = "image"
+    bags_per_batch: int | None = None
+    pooling: str = "lse"
+    pool_temperature: float = 1.0
+    refine_from: str = "bags"
+    refine_rounds: int = 1
+    refine_floor: float = 0.0
+    soft_labels: str | None = None
     # run control
     seed: int = 0
     workers: int = 2
@@ -236,6 +301,7 @@ class TrainConfig:
         _check_optimisation(self)
         _check_loss(self)
         _check_monitor(self)
+        _check_cell_learning(self)
         _set(self, "limit_train", _limit(self.limit_train, "limit_train"))
         _set(self, "limit_val", _limit(self.limit_val, "limit_val"))
 
@@ -300,6 +366,20 @@ class TrainConfig:
             return cls.from_dict(data)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{path}: {exc}") from exc
+
+    def unused_fields(self) -> frozenset[str]:
+        """Fields that do not change a run of this ``cell_learning`` (ignored on resume).
+
+        >>> sorted(TrainConfig(train_csv="t", images_dir="i", out_dir="o").unused_fields())[:3]
+        ['bags_per_batch', 'pool_temperature', 'pooling']
+        """
+        bags = {"bags_per_batch", "pooling", "pool_temperature"}
+        refine = {"refine_from", "refine_rounds", "refine_floor"}
+        if self.cell_learning == "image-labels":
+            return frozenset(bags | refine)
+        if self.cell_learning == "bags":
+            return frozenset(refine)
+        return frozenset(bags) if self.refine_from == "image-labels" else frozenset()
 
     @classmethod
     def field_defaults(cls) -> dict[str, Any]:

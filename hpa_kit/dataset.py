@@ -50,9 +50,12 @@ from hpa_kit.errors import RunError
 from hpa_kit.labels import NUM_CLASSES, LabelError, parse_labels
 
 __all__ = [
+    "BagDataset",
     "HPADataset",
     "SampleReadError",
     "SeededSampler",
+    "bag_groups",
+    "collate_bags",
     "find_missing",
     "sample_seed",
 ]
@@ -154,7 +157,8 @@ class HPADataset(Dataset):
     4 = RGBY); ``size`` resize on read (area; ``None`` keeps the stored size); ``transform``
     an albumentations pipeline (or any ``f(image=...) -> {"image": ...}``; ``None`` returns
     the uint8 image as an ``HxWxC`` numpy array); ``cache_dir`` / ``write_cache`` see the
-    module docstring.
+    module docstring; ``targets`` an ``(len(df), 19)`` array of values in ``[0, 1]`` (soft
+    labels, :mod:`hpa_kit.pseudo`) used instead of ``label_col``.
     """
 
     def __init__(
@@ -169,12 +173,15 @@ class HPADataset(Dataset):
         write_cache: bool = False,
         id_col: str = "ID",
         label_col: str | None = "Label",
+        targets: np.ndarray | None = None,
     ) -> None:
         if id_col not in df.columns:
             raise KeyError(f"table has no {id_col!r} column (columns: {list(df.columns)})")
         self.ids: list[str] = [str(v) for v in df[id_col].tolist()]
         self.targets = np.zeros((len(self.ids), NUM_CLASSES), dtype=np.float32)
-        if label_col is not None:
+        if targets is not None:
+            self.targets = _soft_targets(targets, len(self.ids))
+        elif label_col is not None:
             if label_col not in df.columns:
                 raise KeyError(f"table has no {label_col!r} column (columns: {list(df.columns)})")
             for row, (image_id, text) in enumerate(
@@ -266,6 +273,15 @@ class HPADataset(Dataset):
         return image, torch.from_numpy(self.targets[index].copy())
 
 
+def _soft_targets(targets: Any, rows: int) -> np.ndarray:
+    array = np.asarray(targets, dtype=np.float32)
+    if array.shape != (rows, NUM_CLASSES):
+        raise ValueError(f"targets must have shape ({rows}, {NUM_CLASSES}), got {array.shape}")
+    if not np.all((array >= 0) & (array <= 1)):
+        raise ValueError("targets must lie in [0, 1]")
+    return array.copy()
+
+
 class SeededSampler(Sampler):
     """A :class:`~torch.utils.data.DistributedSampler` whose items carry an augmentation seed.
 
@@ -306,3 +322,74 @@ class SeededSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for index in self._inner:
             yield index, sample_seed(self.seed, self.epoch, index)
+
+
+# ---------------------------------------------------------------- bags (multiple instances)
+
+
+def bag_groups(bags: Sequence[Any]) -> list[np.ndarray]:
+    """Row indices of each bag, bags in order of first appearance.
+
+    >>> [g.tolist() for g in bag_groups(["b", "a", "b", "c"])]
+    [[0, 2], [1], [3]]
+    """
+    keys = np.asarray([str(b) for b in bags], dtype=object)
+    if keys.size == 0:
+        return []
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    rows = np.argsort(inverse, kind="stable")  # rows grouped by key, ascending within a key
+    groups = np.split(rows, np.cumsum(np.bincount(inverse))[:-1])
+    return [groups[label] for label in np.argsort(first, kind="stable")]
+
+
+class BagDataset(Dataset):
+    """Bags of rows of an :class:`HPADataset`: ``dataset[b]`` -> ``(images, target)``.
+
+    ``images`` stacks the (transformed) rows of bag ``b`` (``(n, C, H, W)`` for tensor
+    transforms); ``target`` is the bag's label: the union (element-wise maximum) of its
+    rows' targets, i.e. the image's labels when the rows are its cell crops. Like
+    :class:`HPADataset`, ``dataset[(b, seed)]`` seeds the augmentation, row ``j`` of the bag
+    with ``sample_seed(seed, 0, j)``. :func:`collate_bags` batches bags without padding.
+    """
+
+    def __init__(self, rows: HPADataset, groups: Sequence[Sequence[int]]) -> None:
+        self.rows = rows
+        self.groups = [np.asarray(g, dtype=np.int64) for g in groups]
+        if any(g.size == 0 for g in self.groups):
+            raise ValueError("every bag needs at least one row")
+        if any(g.min() < 0 or g.max() >= len(rows) for g in self.groups):
+            raise ValueError(f"bag rows must be in 0..{len(rows) - 1}")
+        self.targets = np.stack([rows.targets[g].max(axis=0) for g in self.groups])
+
+    @classmethod
+    def from_column(cls, rows: HPADataset, df: Any, column: str) -> BagDataset:
+        """Bags of the rows of ``df`` (the table ``rows`` was built from) sharing ``column``."""
+        if column not in df.columns:
+            raise KeyError(f"table has no {column!r} column to group bags by")
+        return cls(rows, bag_groups(df[column].tolist()))
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, torch.Tensor]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        group = self.groups[int(index)]
+        items = [
+            self.rows[int(row)] if seed is None else self.rows[(int(row), sample_seed(seed, 0, j))]
+            for j, row in enumerate(group)
+        ]
+        images = [item[0] for item in items]
+        stacked = torch.stack(images) if isinstance(images[0], torch.Tensor) else np.stack(images)
+        return stacked, torch.from_numpy(self.targets[int(index)].copy())
+
+
+def collate_bags(items: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+    """``[(images (n_b, ...), target), ...]`` -> ``(images (sum n_b, ...), bags, targets)``.
+
+    ``bags[i]`` is the position in the batch of the bag of image ``i``
+    (:mod:`hpa_kit.mil`'s contract); ``targets`` is ``(n_bags, 19)``.
+    """
+    images = torch.cat([item[0] for item in items])
+    sizes = torch.tensor([len(item[0]) for item in items], dtype=torch.long)
+    bags = torch.repeat_interleave(torch.arange(len(items)), sizes)
+    return images, bags, torch.stack([item[1] for item in items])

@@ -71,10 +71,18 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from hpa_kit._train_config import MONITORS, RESUME_FREE_FIELDS, TrainConfig, parse_override
 from hpa_kit._train_dist import Dist, setup_distributed
 from hpa_kit._train_metrics import f1_scores
-from hpa_kit.dataset import HPADataset, SampleReadError, SeededSampler, find_missing
+from hpa_kit.dataset import (
+    BagDataset,
+    HPADataset,
+    SampleReadError,
+    SeededSampler,
+    collate_bags,
+    find_missing,
+)
 from hpa_kit.errors import RunError, UsageError
 from hpa_kit.labels import NUM_CLASSES
 from hpa_kit.losses import FocalLoss, focal_loss, per_class
+from hpa_kit.mil import pool
 from hpa_kit.model import ClassifierConfig, build_classifier, save_checkpoint
 
 __all__ = [
@@ -106,6 +114,7 @@ class TrainResult:
     epochs_done: int
     finished: bool
     history: list[dict[str, Any]] = field(default_factory=list)
+    epochs_this_call: int = 0
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -140,13 +149,19 @@ def build_loss(config: TrainConfig) -> FocalLoss:
     return FocalLoss(alpha=alpha, gamma=gamma)
 
 
-def _limit_rows(df, limit: int | float | None, seed: int):
+def _limit_rows(df, limit: int | float | None, seed: int, *, group: str | None = None):
+    """A seeded sample of ``limit`` rows of ``df`` (a count or a fraction); with ``group``
+    (a column of ``df``) the sample is of whole groups (bags), so no bag is cut."""
     if limit is None or len(df) == 0:
         return df
-    count = int(limit) if isinstance(limit, int) else max(1, int(round(limit * len(df))))
-    if count >= len(df):
+    keys = df[group].astype(str).drop_duplicates() if group in df.columns else df.index.to_series()
+    count = int(limit) if isinstance(limit, int) else max(1, int(round(limit * len(keys))))
+    if count >= len(keys):
         return df
-    return df.sample(n=count, random_state=seed).sort_index()
+    chosen = keys.sample(n=count, random_state=seed)
+    if group in df.columns:
+        return df[df[group].astype(str).isin(set(chosen))]
+    return df.loc[chosen.sort_index().index]
 
 
 def split_fold(config: TrainConfig):
@@ -179,9 +194,10 @@ def split_fold(config: TrainConfig):
             f"{path}: fold {config.fold} leaves {len(train_df)} training and {len(val_df)} "
             "validation rows"
         )
-    train_df = _limit_rows(train_df, config.limit_train, config.seed).reset_index(drop=True)
-    val_df = _limit_rows(val_df, config.limit_val, config.seed).reset_index(drop=True)
-    return train_df, val_df
+    group = config.bag_column
+    train_df = _limit_rows(train_df, config.limit_train, config.seed, group=group)
+    val_df = _limit_rows(val_df, config.limit_val, config.seed, group=group)
+    return train_df.reset_index(drop=True), val_df.reset_index(drop=True)
 
 
 def _read_table(path: Path):
@@ -332,7 +348,11 @@ class _Run:
         self.history: list[dict[str, Any]] = []
 
     # -- setup helpers
-    def _dataset(self, df, *, train: bool) -> HPADataset:
+    @property
+    def bagged(self) -> bool:
+        return self.config.cell_learning == "bags"
+
+    def _dataset(self, df, *, train: bool, targets=None) -> HPADataset:
         config = self.config
         return HPADataset.for_config(
             df,
@@ -342,16 +362,31 @@ class _Run:
             read_size=config.read_size,
             cache_dir=config.cache_dir,
             write_cache=config.write_cache,
+            targets=targets,
         )
 
     def _build_data(self) -> None:
         config, rank, world = self.config, self.dist.rank, self.dist.world_size
-        self.train_set = self._dataset(self.train_df, train=True)
-        self.val_set = self._dataset(self.val_df.iloc[rank::world], train=False)
+        soft = _soft_targets(config, self.train_df, self.val_df)
+        train_rows = self._dataset(self.train_df, train=True, targets=soft[0])
+        val_rows = self._dataset(self.val_df, train=False, targets=soft[1])
+        if self.bagged:
+            _check_bags(config, self.train_df, self.val_df)
+            self.train_set = BagDataset.from_column(train_rows, self.train_df, config.bag_column)
+            val_bags = BagDataset.from_column(val_rows, self.val_df, config.bag_column)
+            self.val_set = BagDataset(val_rows, val_bags.groups[rank::world])
+            self.val_targets = val_bags.targets
+        else:
+            self.train_set = train_rows
+            self.val_set = torch.utils.data.Subset(val_rows, range(rank, len(val_rows), world))
+            self.val_targets = val_rows.targets
         self.sampler = SeededSampler(
             len(self.train_set), seed=config.seed, shuffle=True, rank=rank, world_size=world
         )
-        self.batches_per_epoch = math.ceil(len(self.sampler) / config.batch_size)
+        self.batch_size = config.batch_size
+        if self.bagged:
+            self.batch_size = config.bags_per_batch or _bags_per_batch(config, self.train_set)
+        self.batches_per_epoch = math.ceil(len(self.sampler) / self.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.accumulation)
 
     def _build_model(self) -> None:
@@ -397,6 +432,7 @@ class _Run:
             drop_last=False,
             worker_init_fn=_worker_init,
             generator=generator,
+            collate_fn=collate_bags if self.bagged else None,
         )
 
     def _progress(self, iterable, *, total: int, desc: str):
@@ -410,14 +446,32 @@ class _Run:
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
+    def _forward(self, batch, net) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(float32 logits, targets)`` of a batch: one row per image, or per bag (pooled)."""
+        images, targets = batch[0], batch[-1]
+        with self._autocast():
+            logits = net(images.to(self.device, non_blocking=True))
+        logits = logits.float()
+        if self.bagged:
+            bags = batch[1].to(self.device, non_blocking=True)
+            logits = pool(
+                logits,
+                bags,
+                len(targets),
+                method=self.config.pooling,
+                temperature=self.config.pool_temperature,
+            )
+        return logits, targets.to(self.device, non_blocking=True)
+
     # -- resume
     def _compatible(self, saved: dict[str, Any], state_path: Path) -> None:
         current = self.config.to_dict()
         defaults = TrainConfig.field_defaults()
+        free = RESUME_FREE_FIELDS | self.config.unused_fields()
         diffs = [
             f"{k}: {saved.get(k, defaults.get(k))!r} -> {current[k]!r}"
             for k in current
-            if k not in RESUME_FREE_FIELDS and saved.get(k, defaults.get(k)) != current[k]
+            if k not in free and saved.get(k, defaults.get(k)) != current[k]
         ]
         if diffs:
             raise UsageError(
@@ -462,7 +516,7 @@ class _Run:
         loader = self._loader(
             self.train_set,
             sampler=self.sampler,
-            batch_size=config.batch_size,
+            batch_size=self.batch_size,
             epoch=epoch,
             train=True,
         )
@@ -471,9 +525,7 @@ class _Run:
         total, count = 0.0, 0
         n_batches = len(loader)
         bar = self._progress(loader, total=n_batches, desc=f"epoch {epoch} train")
-        for i, (images, targets) in enumerate(bar):
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+        for i, batch in enumerate(bar):
             group_start = (i // config.accumulation) * config.accumulation
             group_size = min(config.accumulation, n_batches - group_start)
             is_step = i == group_start + group_size - 1
@@ -481,9 +533,8 @@ class _Run:
             if self.dist.enabled and not is_step:
                 sync = self.net.no_sync()
             with sync:
-                with self._autocast():
-                    logits = self.net(images)
-                loss = self.criterion(logits.float(), targets)
+                logits, targets = self._forward(batch, self.net)
+                loss = self.criterion(logits, targets)
                 self.scaler.scale(loss / group_size).backward()
             lr_used = self.optimizer.param_groups[0]["lr"]
             if is_step:
@@ -495,8 +546,8 @@ class _Run:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
             value = float(loss.detach())
-            total += value * len(images)
-            count += len(images)
+            total += value * len(targets)
+            count += len(targets)
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr_used:.2e}")
         total, count = self.dist.sum([total, float(count)])
         return total / max(count, 1.0)
@@ -506,24 +557,22 @@ class _Run:
         config = self.config
         loader = self._loader(
             self.val_set,
-            batch_size=config.val_batch_size or config.batch_size,
+            batch_size=self.batch_size if self.bagged else config.val_batch_size or self.batch_size,
             epoch=epoch,
             train=False,
         )
         self.net.eval()
         self.dist.broadcast_buffers(self.model)  # BatchNorm statistics of rank 0 everywhere
         logits_parts = []
-        for images, _ in self._progress(loader, total=len(loader), desc=f"epoch {epoch} val"):
-            with self._autocast():
-                logits = self.model(images.to(self.device, non_blocking=True))
-            logits_parts.append(logits.float().cpu())
+        for batch in self._progress(loader, total=len(loader), desc=f"epoch {epoch} val"):
+            logits_parts.append(self._forward(batch, self.model)[0].cpu())
         local = torch.cat(logits_parts) if logits_parts else torch.zeros(0, NUM_CLASSES)
         shards = self.dist.gather(local)
-        # rank r validated rows r, r + W, r + 2W, ...: interleave back to table order
-        logits = torch.zeros(len(self.val_df), NUM_CLASSES)
+        # rank r validated rows (bags) r, r + W, r + 2W, ...: interleave back to table order
+        targets = torch.from_numpy(self.val_targets)
+        logits = torch.zeros(targets.shape)
         for rank, shard in enumerate(shards):
             logits[rank :: self.dist.world_size] = shard
-        targets = torch.from_numpy(np.stack(_targets_of(self.val_df)))
         alpha, gamma = self.criterion.alpha.cpu(), self.criterion.gamma.cpu()
         val_loss = float(focal_loss(logits, targets, alpha=alpha, gamma=gamma))
         scores = f1_scores(
@@ -563,10 +612,45 @@ class _Run:
         tmp.replace(last / STATE_FILE)
 
 
-def _targets_of(df) -> list[np.ndarray]:
-    from hpa_kit.labels import parse_labels
+def _soft_targets(config: TrainConfig, train_df, val_df) -> tuple[Any, Any]:
+    """``(train, val)`` target arrays from ``config.soft_labels``, or ``(None, None)``."""
+    if config.soft_labels is None:
+        return None, None
+    from hpa_kit.pseudo import read_soft_labels
 
-    return [parse_labels(text) for text in df["Label"].tolist()]
+    table = read_soft_labels(config.soft_labels)
+    return _align(table, train_df, config), _align(table, val_df, config)
+
+
+def _align(table, df, config: TrainConfig) -> np.ndarray:
+    missing = [i for i in df["ID"] if i not in table.index]
+    if missing:
+        raise UsageError(
+            f"soft_labels {config.soft_labels} has no row for {len(missing)} ids of "
+            f"{config.train_csv}, e.g. {missing[0]!r}"
+        )
+    return table.loc[list(df["ID"])].to_numpy(dtype=np.float32)
+
+
+def _bags_per_batch(config: TrainConfig, bags: BagDataset) -> int:
+    """Bags per batch when ``bags_per_batch`` is unset: ``batch_size`` cells on average."""
+    mean_size = sum(len(g) for g in bags.groups) / max(len(bags), 1)
+    return max(1, round(config.batch_size / max(mean_size, 1.0)))
+
+
+def _check_bags(config: TrainConfig, train_df, val_df) -> None:
+    column = config.bag_column
+    if column not in train_df.columns:
+        raise UsageError(
+            f"cell_learning 'bags' groups rows by {column!r} (bag_column), which "
+            f"{config.train_csv} lacks (columns: {list(train_df.columns)})"
+        )
+    shared = sorted(set(train_df[column].astype(str)) & set(val_df[column].astype(str)))
+    if shared:
+        raise UsageError(
+            f"{config.train_csv}: {len(shared)} bags ({column} {shared[0]!r}, ...) have rows "
+            f"in both the training and the validation fold; draw the folds per {column}"
+        )
 
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -606,6 +690,10 @@ def fit(config: TrainConfig) -> TrainResult:
         raise TypeError(f"fit needs a TrainConfig, got {type(config).__name__}")
     dist_info = setup_distributed(config.device)
     try:
+        if config.cell_learning == "refined":
+            from hpa_kit.pseudo import fit_refined
+
+            return fit_refined(config, dist_info)
         return _fit(config, dist_info)
     finally:
         dist_info.close()
@@ -674,4 +762,5 @@ def _fit(config: TrainConfig, dist_info: Dist) -> TrainResult:
         epochs_done=epochs_done,
         finished=epochs_done >= config.epochs,
         history=list(run.history),
+        epochs_this_call=epochs_this_call,
     )

@@ -1,0 +1,356 @@
+"""Weak labels on synthetic data: per-cell mAP of each way to learn cell labels from image labels.
+
+Usage (from the repository root; torch runs one thread, as the demo does):
+
+    .venv/bin/python benchmarks/bench_weak_labels.py run --out /tmp/weak --setting weak-labels \
+        --seeds 0 1 2
+    .venv/bin/python benchmarks/bench_weak_labels.py table --out /tmp/weak
+
+``run`` does, per seed, what ``hpa-kit demo`` does (synthetic train and test sets, classical
+segmentation, 48-64 px cell crops, folds per image, a timm classifier from scratch, seed TTA,
+``predict_folder``, the competition metric at mask IoU 0.6), once for the data and then once
+per variant on the very same crops:
+
+- ``image-labels``: every crop trained on its image's labels (the demo's default);
+- ``bags``: one sample per image, its crops' logits pooled (``cell_learning: bags``);
+- ``pseudo``: image-labels, then rounds of crop training on soft labels (``refined`` from
+  ``image-labels``);
+- ``bags+pseudo``: bags, then the same rounds (``refined`` from ``bags``);
+- ``oracle``: every crop trained on the true classes of the synthetic cell it overlaps (IoU
+  >= 0.5; crops without a match keep their image's labels), :mod:`hpa_kit.oracle`.
+
+Per variant it records the mAP on all test images and on the test images whose cells all
+carry the image's full label set (there weak labels are exact: the subset where a method
+must lose nothing), the wall seconds of training and prediction, and, for ``image-labels``,
+the demo's two baselines (every cell given the whole-image prediction, or its image's mean
+cell prediction). Lines go to ``OUT/results.jsonl`` (appended; the data of a (setting, seed)
+is reused by later runs). ``table`` prints the Markdown tables of BENCHMARKS.md from it.
+
+Settings (``--setting``): ``demo`` (the default demo), ``weak-labels`` (the demo's
+``--preset weak-labels``) and ``harder`` (the preset's training on harder synthetic data:
+every image 2-3 classes, no cell with two). ``--set key=value`` changes a ``DemoConfig``
+field (``--set epochs=12``), ``--train key=value`` a ``TrainConfig`` field of every variant
+(``--train pooling=max``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "image-labels": {},
+    "bags": {"cell_learning": "bags"},
+    "pseudo": {"cell_learning": "refined", "refine_from": "image-labels"},
+    "bags+pseudo": {"cell_learning": "refined", "refine_from": "bags"},
+    "oracle": {},
+}
+
+
+def _settings() -> dict[str, Any]:
+    from hpa_kit.demo import DemoConfig
+    from hpa_kit.synth import SynthConfig
+
+    weak = dict(input_size=64, epochs=16)
+    harder = SynthConfig(classes_per_image=(0.0, 0.5, 0.5), double_class_fraction=0.0)
+    return {
+        "demo": DemoConfig(progress=False),
+        "weak-labels": DemoConfig(progress=False, **weak),
+        "harder": DemoConfig(progress=False, synth=harder, **weak),
+    }
+
+
+# ---------------------------------------------------------------- data (once per seed)
+
+
+def _data_key(config) -> str:
+    """A folder name for the data of ``config`` (what the data depends on, hashed)."""
+    import hashlib
+
+    fields = ("n_train", "n_test", "size", "seg_scale", "input_size", "channels", "margin")
+    key = {name: getattr(config, name) for name in fields}
+    key |= {"n_folds": config.n_folds, "seed": config.seed, "synth": repr(config.synth)}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return f"seed{config.seed}-{digest[:10]}"
+
+
+def _data(folder: Path, config) -> dict[str, Any]:
+    """Synthetic sets, crops, folds and oracle labels in ``folder`` (reused when done)."""
+    import pandas as pd
+
+    from hpa_kit.demo import write_cell_crops
+    from hpa_kit.folds import make_folds
+    from hpa_kit.oracle import oracle_labels
+    from hpa_kit.segment import ClassicalSegmenter
+    from hpa_kit.synth import write_dataset
+
+    done = folder / "data.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if folder.exists():
+        shutil.rmtree(folder)
+    start = time.perf_counter()
+    segmenter = ClassicalSegmenter(config.seg_scale, pixel_size=config.pixel_size)
+    kwargs = {"size": config.size, "config": config.synth, "progress": False}
+    train = write_dataset(
+        folder / "train", n=config.n_train, seed=config.seed, id_prefix="train", **kwargs
+    )
+    write_dataset(
+        folder / "test", n=config.n_test, seed=config.seed + 1, id_prefix="test", **kwargs
+    )
+    table = make_folds(
+        pd.read_csv(train.train_csv, dtype={"ID": str}), n_splits=config.n_folds, seed=config.seed
+    )
+    crops, failures = write_cell_crops(
+        folder / "train" / "images",
+        table,
+        folder / "crops" / "images",
+        segmenter=segmenter,
+        size=config.input_size,
+        margin=config.margin,
+        channels=config.channels,
+    )
+    crops.to_csv(folder / "crops" / "crops.csv", index=False)
+    labels, counts = oracle_labels(crops, folder / "train", segmenter=segmenter)
+    crops.assign(Label=labels).to_csv(folder / "crops" / "crops_oracle.csv", index=False)
+    info = {
+        "crops": len(crops),
+        "oracle": counts,
+        "failures": failures,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    done.write_text(json.dumps(info))
+    return info
+
+
+def _full_label_images(truth_csv: Path) -> list[str]:
+    """Test ids whose every true cell carries all of the image's classes."""
+    from hpa_kit.demo import submission_cells
+    from hpa_kit.submission import read_submission
+
+    ids = []
+    for row in read_submission(truth_csv).itertuples(index=False):
+        _, probs = submission_cells(row.PredictionString)
+        cells = probs > 0
+        if cells.size and (cells == cells.any(axis=0)).all():
+            ids.append(row.ID)
+    return ids
+
+
+# ---------------------------------------------------------------- one variant
+
+
+def _train_config(folder: Path, out: Path, config, variant: str, extra: dict[str, Any]):
+    from hpa_kit.train import TrainConfig
+
+    csv = "crops_oracle.csv" if variant == "oracle" else "crops.csv"
+    return TrainConfig(
+        train_csv=os.fspath(folder / "crops" / csv),
+        images_dir=os.fspath(folder / "crops" / "images"),
+        out_dir=os.fspath(out),
+        fold=0,
+        n_folds=config.n_folds,
+        arch=config.arch,
+        channels=tuple(config.channels),
+        input_size=config.input_size,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        epochs=config.epochs,
+        loss="bce",
+        amp=False,
+        seed=config.seed,
+        workers=0,
+        device="cpu",
+        monitor="val_loss",
+        progress=False,
+        **{**VARIANTS[variant], **extra},
+    )
+
+
+def _score(submission: Path, truth: Path, subset: list[str]) -> tuple[float, float | None]:
+    from hpa_kit.metric import score_submission
+    from hpa_kit.submission import read_submission
+
+    full = score_submission(submission, truth).map
+    if not subset:
+        return full, None
+    sub, tru = read_submission(submission), read_submission(truth)
+    part = score_submission(sub[sub["ID"].isin(subset)], tru[tru["ID"].isin(subset)]).map
+    return full, part
+
+
+def _baselines(folder: Path, out: Path, checkpoint: Path, config, subset) -> dict[str, Any]:
+    from hpa_kit.demo import baseline_predictions, submission_cells
+    from hpa_kit.io import CHANNELS, read_image, resize_area
+    from hpa_kit.model import load_classifier
+    from hpa_kit.predict import classify_crops
+    from hpa_kit.submission import read_sample, read_submission, write_submission
+
+    model, model_config = load_classifier(checkpoint, device="cpu")
+    sample = read_sample(folder / "test" / "sample_submission.csv")
+    whole, cell_mean = {}, {}
+    for row in read_submission(out / "submission.csv").itertuples(index=False):
+        image = read_image(folder / "test" / "images", row.ID, channels=CHANNELS)
+        small = resize_area(image, model_config.input_size)[None]
+        image_probs = classify_crops(small, model, model_config, tta=config.tta, amp=False)[0]
+        _, probs = submission_cells(row.PredictionString)
+        whole[row.ID] = baseline_predictions(row.PredictionString, image_probs)
+        cell_mean[row.ID] = baseline_predictions(row.PredictionString, probs.mean(axis=0))
+    scores = {}
+    for name, rows in (("baseline", whole), ("baseline_cell_mean", cell_mean)):
+        write_submission(out / f"{name}.csv", rows, sample)
+        scores[name] = _score(out / f"{name}.csv", folder / "test" / "truth.csv", subset)
+    return scores
+
+
+def _variant(
+    folder: Path, out: Path, config, variant: str, extra: dict[str, Any]
+) -> dict[str, Any]:
+    from hpa_kit.predict import PredictOptions, predict_folder
+    from hpa_kit.segment import ClassicalSegmenter
+    from hpa_kit.train import fit
+
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    result = fit(_train_config(folder, out / "model", config, variant, extra))
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    options = PredictOptions(tta=config.tta, num_workers=0, device="cpu", amp=False, progress=False)
+    predict_folder(
+        folder / "test" / "images",
+        folder / "test" / "sample_submission.csv",
+        [result.best_dir],
+        out=out / "submission.csv",
+        segmenter=ClassicalSegmenter(config.seg_scale, pixel_size=config.pixel_size),
+        options=options,
+    )
+    predict_s = time.perf_counter() - start
+    subset = _full_label_images(folder / "test" / "truth.csv")
+    full, part = _score(out / "submission.csv", folder / "test" / "truth.csv", subset)
+    row = {
+        "map": full,
+        "map_full_label_images": part,
+        "full_label_images": len(subset),
+        "epochs": result.epochs_done,
+        "seconds": {"train": round(train_s, 1), "predict": round(predict_s, 1)},
+    }
+    if variant == "image-labels":
+        row["baselines"] = _baselines(folder, out, result.best_dir, config, subset)
+    return row
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    from hpa_kit.train import parse_override
+
+    return dict(parse_override(item) for item in items)
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    config0 = _settings()[args.setting].replace(**_parse_sets(args.set))
+    extra = _parse_sets(args.train)
+    tag = args.tag or args.setting
+    for seed in args.seeds:
+        config = config0.replace(seed=seed)
+        data_dir = args.out / "data" / _data_key(config)
+        data = _data(data_dir, config)
+        for variant in args.variants:
+            row = _variant(
+                data_dir, args.out / tag / f"seed{seed}" / variant, config, variant, extra
+            )
+            row.update(
+                setting=args.setting,
+                tag=tag,
+                seed=seed,
+                variant=variant,
+                sets=args.set,
+                train=args.train,
+                data=data,
+                aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY", "default"),
+                cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                torch=torch.__version__,
+                machine=platform.machine(),
+                load=os.getloadavg()[0],
+            )
+            with open(args.out / "results.jsonl", "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(
+                json.dumps(
+                    {
+                        k: row[k]
+                        for k in (
+                            "tag",
+                            "seed",
+                            "variant",
+                            "map",
+                            "map_full_label_images",
+                            "seconds",
+                        )
+                    }
+                ),
+                flush=True,
+            )
+
+
+def table(args: argparse.Namespace) -> None:
+    rows = [json.loads(line) for line in (args.out / "results.jsonl").read_text().splitlines()]
+    for tag in dict.fromkeys(r["tag"] for r in rows):
+        mine = [r for r in rows if r["tag"] == tag]
+        seeds = sorted({r["seed"] for r in mine})
+        print(f"\n### {tag}\n")
+        print("| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | train s | subset mAP |")
+        print("|---" * (len(seeds) + 3) + "|")
+        last = {(r["seed"], r["variant"]): r for r in mine}
+        for variant in dict.fromkeys(r["variant"] for r in mine):
+            cells = [last.get((s, variant)) for s in seeds]
+            maps = " | ".join(f"{c['map']:.4f}" if c else "-" for c in cells)
+            train = "/".join(f"{c['seconds']['train']:.0f}" for c in cells if c)
+            part = "/".join(
+                f"{c['map_full_label_images']:.3f}"
+                for c in cells
+                if c and c["map_full_label_images"] is not None
+            )
+            print(f"| {variant} | {maps} | {train} | {part} |")
+        for name in ("baseline", "baseline_cell_mean"):
+            cells = [last.get((s, "image-labels")) for s in seeds]
+            maps = " | ".join(f"{c['baselines'][name][0]:.4f}" if c else "-" for c in cells)
+            print(f"| {name} (image-labels model) | {maps} | | |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    run_parser = sub.add_parser("run")
+    run_parser.add_argument("--out", type=Path, required=True)
+    run_parser.add_argument(
+        "--setting", choices=("demo", "weak-labels", "harder"), default="weak-labels"
+    )
+    run_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    run_parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    run_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    run_parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE")
+    run_parser.add_argument("--tag", default=None, help="name of this configuration in the results")
+    table_parser = sub.add_parser("table")
+    table_parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if args.what == "run":
+        args.out.mkdir(parents=True, exist_ok=True)
+        run(args)
+    else:
+        table(args)
+
+
+if __name__ == "__main__":
+    main()
