@@ -460,3 +460,37 @@ def test_refined_run_resumes_across_stages(planted, tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
     assert strip(second.history) == strip(full.history)
     shutil.rmtree(tmp_path / "full")
+
+
+def test_two_process_bag_training_with_gloo(planted, tmp_path):
+    """torchrun, 2 CPU processes: bags are sharded, pooled bag logits of the validation shards
+    are put back in table order (the logged val_loss is the single-process one of last/)."""
+    import os
+    import subprocess
+    import sys
+
+    from hpa_kit.augment import val_transform
+    from hpa_kit.model import load_classifier
+
+    root, _ = planted
+    out = tmp_path / "ddp"
+    config = _cfg(root, out, cell_learning="bags", pooling="lse", epochs=2, limit_train=12)
+    (tmp_path / "ddp.json").write_text(json.dumps(config.to_dict()))
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo), NO_ALBUMENTATIONS_UPDATE="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    command += ["2", "-m", "hpa_kit.cli", "train", "--config", str(tmp_path / "ddp.json")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("epoch 1:") == 1
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    model, classifier = load_classifier(out / "last")
+    _, val = split_fold(config)
+    transform = val_transform(SIZE, channels=classifier.channels)
+    bags = BagDataset.from_column(
+        HPADataset(val, root / "images", transform=transform), val, "image"
+    )
+    images, index, targets = collate_bags([bags[b] for b in range(len(bags))])
+    with torch.no_grad():
+        pooled = pool(model(images), index, len(bags), method="lse")
+    assert float(focal_loss(pooled, targets)) == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
