@@ -35,7 +35,7 @@ format: a refined model is a per-cell classifier like any other).
 >>> import numpy as np
 >>> probs = np.array([[0.8, 0.1, 0.0], [0.2, 0.6, 0.0], [0.3, 0.0, 0.9]])
 >>> image = np.array([[1, 1, 0], [0, 0, 1]])   # image 0: classes 0 and 1; image 1: class 2
->>> refine_labels(probs, image, np.array([0, 0, 1]), floor=0.0).round(3).tolist()
+>>> refine_labels(probs, image, np.array([0, 0, 1]), floor=0.0).astype(float).round(3).tolist()
 [[1.0, 0.167, 0.0], [0.25, 1.0, 0.0], [0.0, 0.0, 1.0]]
 """
 
