@@ -143,6 +143,14 @@ def test_missing_and_empty_image_files_are_named_before_training(data, capsys):
         (["channels=[red, pink]"], "channels"),
         (["lr"], "key=value"),
         (["channels=[red"], "not valid YAML"),
+        (["cell_learning=mil"], "cell_learning must be one of"),
+        (["pooling=attention"], "pooling must be one of"),
+        (["pool_temperature=0"], "pool_temperature must be > 0"),
+        (["refine_rounds=0"], "refine_rounds must be an int >= 1"),
+        (["refine_floor=2"], "refine_floor must be in [0, 1]"),
+        (["refine_from=refined"], "refine_from must be one of"),
+        (["cell_learning=bags", "soft_labels=s.csv"], "soft_labels trains rows"),
+        (["bags_per_batch=0"], "bags_per_batch must be None or an int >= 1"),
     ],
 )
 def test_bad_config_values_are_usage_errors(data, capsys, overrides, expected):
