@@ -217,6 +217,8 @@ def _check_cell_learning(config: Any) -> None:
         raise UsageError(f"refine_floor must be in [0, 1], got {config.refine_floor}")
     if not config.bag_column or not isinstance(config.bag_column, str):
         raise UsageError(f"bag_column must name a column, got {config.bag_column!r}")
+    if config.init_from is not None:
+        _set(config, "init_from", str(config.init_from))
     if config.soft_labels is not None:
         if config.cell_learning != "image-labels":
             raise UsageError(
@@ -284,6 +286,7 @@ class TrainConfig:
     refine_rounds: int = 1
     refine_floor: float = 0.0
     soft_labels: str | None = None
+    init_from: str | None = None
     # run control
     seed: int = 0
     workers: int = 2

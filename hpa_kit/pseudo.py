@@ -13,13 +13,20 @@ The rule (:func:`refine_labels`), for cell ``i`` of image ``b`` and class ``c``,
 - ``c`` not among the image's labels: ``0``. A cell never gets a class its image lacks.
 - a negative image (its labels hold class 18, ``Negative``): every cell keeps the image's
   labels exactly (a negative image stays negative).
-- otherwise: ``floor + (1 - floor) * p[i, c] / max_j p[j, c]`` over the cells ``j`` of the
-  image. The most confident cell of each class keeps the full label 1; the others get the
-  fraction of it they reach. Normalising per image and per class makes the label depend on
-  how a cell ranks among its image's cells, not on the model's calibration (a class the model
-  under-predicts everywhere still keeps its best cells at 1). ``floor`` keeps some of the
-  image label for every cell (``floor = 1`` gives the image labels back). When no cell of an
-  image scores above 0 for a class, all of its cells keep 1.
+- otherwise, two normalisations and a floor:
+
+  1. per class over the image's cells: ``r[i, c] = p[i, c] / max_j p[j, c]``: the most
+     confident cell of each class keeps the full label, the others the fraction of it they
+     reach. The label then depends on how a cell ranks among its image's cells, not on the
+     model's calibration (a class the model under-predicts everywhere still keeps its best
+     cells at 1);
+  2. per cell over the image's classes: ``s[i, c] = r[i, c] / max_k r[i, k]``: every cell
+     keeps at least one of its image's classes at 1 (a cell carries some of its image's
+     labels), so the cells of a one-class image keep that class exactly;
+  3. ``floor + (1 - floor) * s[i, c]``: ``floor`` keeps some of the image label for every
+     cell (``floor = 1`` gives the image labels back).
+
+  When no cell of an image scores above 0 for a class, ``r`` is 1 for all its cells.
 
 Soft labels are stored as a CSV (:func:`write_soft_labels`): ``ID``, the bag column, ``Label``
 and one column per class named ``0`` .. ``18``; ``TrainConfig(soft_labels=...)`` trains on
@@ -37,6 +44,8 @@ format: a refined model is a per-cell classifier like any other).
 >>> image = np.array([[1, 1, 0], [0, 0, 1]])   # image 0: classes 0 and 1; image 1: class 2
 >>> refine_labels(probs, image, np.array([0, 0, 1]), floor=0.0).astype(float).round(3).tolist()
 [[1.0, 0.167, 0.0], [0.25, 1.0, 0.0], [0.0, 0.0, 1.0]]
+>>> refine_labels(probs * [1, 0.5, 1], image, np.array([0, 0, 1])).round(3).tolist()[1]
+[0.25, 1.0, 0.0]
 """
 
 from __future__ import annotations
@@ -93,11 +102,14 @@ def refine_labels(
     peak = np.zeros(image_targets.shape, dtype=np.float64)
     np.maximum.at(peak, bags, probs)
     peak_of_cell = peak[bags]
-    ratio = np.divide(probs, peak_of_cell, out=np.ones_like(probs), where=peak_of_cell > 0)
     allowed = image_targets[bags]
-    soft = np.where(allowed, floor + (1.0 - floor) * np.clip(ratio, 0.0, 1.0), 0.0)
-    negative = image_targets[:, NEGATIVE][bags] if image_targets.shape[1] > NEGATIVE else None
-    if negative is not None:
+    ratio = np.divide(probs, peak_of_cell, out=np.ones_like(probs), where=peak_of_cell > 0)
+    ratio = np.where(allowed, np.clip(ratio, 0.0, 1.0), 0.0)
+    top = ratio.max(axis=1, keepdims=True)
+    share = np.divide(ratio, top, out=allowed.astype(np.float64), where=top > 0)
+    soft = np.where(allowed, floor + (1.0 - floor) * share, 0.0)
+    if image_targets.shape[1] > NEGATIVE:
+        negative = image_targets[:, NEGATIVE][bags]
         soft[negative] = allowed[negative]
     return soft.astype(np.float32)
 

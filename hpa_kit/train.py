@@ -397,7 +397,10 @@ class _Run:
             self.classifier_config.in_chans,
             self.classifier_config.num_classes,
             pretrained=config.pretrained,
-        ).to(self.device)
+        )
+        if config.init_from is not None:
+            _load_weights(self.model, Path(config.init_from))
+        self.model = self.model.to(self.device)
         self.net = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -610,6 +613,25 @@ class _Run:
         tmp = last / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(last / STATE_FILE)
+
+
+def _load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Start from the weights of a checkpoint folder (``init_from``), e.g. to fine-tune."""
+    from hpa_kit.model import WEIGHTS_FILE
+
+    path = checkpoint / WEIGHTS_FILE if checkpoint.is_dir() else checkpoint
+    if not path.is_file():
+        raise UsageError(f"init_from {checkpoint}: no {WEIGHTS_FILE} there")
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise UsageError(
+            f"init_from {path} does not fit this run's model ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]})"
+        ) from exc
 
 
 def _soft_targets(config: TrainConfig, train_df, val_df) -> tuple[Any, Any]:

@@ -202,11 +202,20 @@ def test_refine_labels_literal():
     ]
     zero = refine_labels(np.zeros((2, 3)), np.array([[0, 1, 0]]), np.array([0, 0]))
     assert zero.tolist() == [[0, 1, 0], [0, 1, 0]]
+    # every cell keeps one of its image's classes at 1: a one-class image keeps its labels
+    one = refine_labels(np.array([[0.9, 0.1], [0.1, 0.0]]), np.array([[1, 0]]), np.array([0, 0]))
+    assert one.tolist() == [[1, 0], [1, 0]]
+    # a cell whose classes all rank low among the cells still leads with its best one:
+    # cell 1 reaches 0.5 of class 0's best and 0.25 of class 1's: 0.5 -> 1, 0.25 -> 0.5
+    probs = np.array([[0.8, 0.4], [0.4, 0.1], [0.1, 0.4]])
+    soft = refine_labels(probs, np.array([[1, 1]]), np.zeros(3, np.int64))
+    assert np.allclose(soft, [[1.0, 1.0], [1.0, 0.5], [0.125, 1.0]])
 
 
 def test_refined_labels_never_leave_the_image_label_set():
     """Property, over 300 random draws: 0 outside the image's labels, in [floor, 1] inside,
-    a 1 for the best cell of every class, and negative images exactly negative."""
+    a 1 for the best cell of every class and for the best class of every cell, and negative
+    images exactly negative."""
     rng = np.random.default_rng(0)
     for _ in range(300):
         n_images = int(rng.integers(1, 6))
@@ -226,10 +235,11 @@ def test_refined_labels_never_leave_the_image_label_set():
         assert np.all(soft[~allowed] == 0)
         assert np.all((soft[allowed] >= floor - 1e-6) & (soft[allowed] <= 1 + 1e-6))
         assert np.array_equal(soft[negative[bags]], image[bags][negative[bags]])
-        for b in np.flatnonzero(~negative):
+        for b in np.flatnonzero(~negative & image.any(axis=1)):
             cells = bags == b
-            for c in np.flatnonzero(image[b]):
+            for c in np.flatnonzero(image[b]):  # the best cell of every class keeps 1
                 assert soft[cells, c].max() == pytest.approx(1.0)
+            assert np.allclose(soft[cells].max(axis=1), 1.0)  # every cell keeps one class
 
 
 def test_soft_label_csv_round_trip_and_hostile_files(tmp_path):
