@@ -75,7 +75,7 @@ def _data_key(config) -> str:
     """A folder name for the data of ``config`` (what the data depends on, hashed)."""
     import hashlib
 
-    fields = ("n_train", "n_test", "size", "seg_scale", "input_size", "channels", "margin")
+    fields = ("n_train", "size", "seg_scale", "input_size", "channels", "margin")
     key = {name: getattr(config, name) for name in fields}
     key |= {"n_folds": config.n_folds, "seed": config.seed, "synth": repr(config.synth)}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
@@ -103,9 +103,6 @@ def _data(folder: Path, config) -> dict[str, Any]:
     train = write_dataset(
         folder / "train", n=config.n_train, seed=config.seed, id_prefix="train", **kwargs
     )
-    write_dataset(
-        folder / "test", n=config.n_test, seed=config.seed + 1, id_prefix="test", **kwargs
-    )
     table = make_folds(
         pd.read_csv(train.train_csv, dtype={"ID": str}), n_splits=config.n_folds, seed=config.seed
     )
@@ -130,6 +127,17 @@ def _data(folder: Path, config) -> dict[str, Any]:
     }
     done.write_text(json.dumps(info))
     return info
+
+
+def _test_set(folder: Path, config) -> Path:
+    """The test set of ``config`` (``n_test`` images, seed ``seed + 1``) under ``folder``."""
+    from hpa_kit.synth import write_dataset
+
+    test = folder / f"test{config.n_test}"
+    if not (test / "truth.csv").is_file():
+        kwargs = {"size": config.size, "config": config.synth, "progress": False}
+        write_dataset(test, n=config.n_test, seed=config.seed + 1, id_prefix="test", **kwargs)
+    return test
 
 
 def _full_label_images(truth_csv: Path) -> list[str]:
@@ -176,6 +184,19 @@ def _train_config(folder: Path, out: Path, config, variant: str, extra: dict[str
     )
 
 
+def _share_stage0(out: Path, config, stage0_dir: Path | None = None) -> str | None:
+    """A refined variant starts from the same seed's finished ``refine_from`` variant (the
+    same training: copied into ``model/stage0``, which the run resumes as finished), so only
+    the rounds train. Its seconds then cover the rounds only; the table adds stage 0's."""
+    if config.cell_learning != "refined":
+        return None
+    source = (stage0_dir or out.parent) / config.refine_from / "model"
+    if not (source / "last" / "train_state.pt").is_file():
+        return None
+    shutil.copytree(source, out / "model" / "stage0")
+    return config.refine_from
+
+
 def _score(submission: Path, truth: Path, subset: list[str]) -> tuple[float, float | None]:
     from hpa_kit.metric import score_submission
     from hpa_kit.submission import read_submission
@@ -188,7 +209,8 @@ def _score(submission: Path, truth: Path, subset: list[str]) -> tuple[float, flo
     return full, part
 
 
-def _baselines(folder: Path, out: Path, checkpoint: Path, config, subset) -> dict[str, Any]:
+def _baselines(test: Path, out: Path, checkpoint: Path, config, subset) -> dict[str, Any]:
+    """The demo's two baselines on the cells of ``out/submission{n_test}.csv``."""
     from hpa_kit.demo import baseline_predictions, submission_cells
     from hpa_kit.io import CHANNELS, read_image, resize_area
     from hpa_kit.model import load_classifier
@@ -196,10 +218,10 @@ def _baselines(folder: Path, out: Path, checkpoint: Path, config, subset) -> dic
     from hpa_kit.submission import read_sample, read_submission, write_submission
 
     model, model_config = load_classifier(checkpoint, device="cpu")
-    sample = read_sample(folder / "test" / "sample_submission.csv")
+    sample = read_sample(test / "sample_submission.csv")
     whole, cell_mean = {}, {}
-    for row in read_submission(out / "submission.csv").itertuples(index=False):
-        image = read_image(folder / "test" / "images", row.ID, channels=CHANNELS)
+    for row in read_submission(out / f"submission{config.n_test}.csv").itertuples(index=False):
+        image = read_image(test / "images", row.ID, channels=CHANNELS)
         small = resize_area(image, model_config.input_size)[None]
         image_probs = classify_crops(small, model, model_config, tta=config.tta, amp=False)[0]
         _, probs = submission_cells(row.PredictionString)
@@ -207,46 +229,77 @@ def _baselines(folder: Path, out: Path, checkpoint: Path, config, subset) -> dic
         cell_mean[row.ID] = baseline_predictions(row.PredictionString, probs.mean(axis=0))
     scores = {}
     for name, rows in (("baseline", whole), ("baseline_cell_mean", cell_mean)):
-        write_submission(out / f"{name}.csv", rows, sample)
-        scores[name] = _score(out / f"{name}.csv", folder / "test" / "truth.csv", subset)
+        path = out / f"{name}{config.n_test}.csv"
+        write_submission(path, rows, sample)
+        scores[name] = _score(path, test / "truth.csv", subset)
     return scores
 
 
 def _variant(
-    folder: Path, out: Path, config, variant: str, extra: dict[str, Any]
+    folder: Path,
+    out: Path,
+    config,
+    variant: str,
+    extra: dict[str, Any],
+    *,
+    reuse: bool,
+    stage0_dir: Path | None = None,
 ) -> dict[str, Any]:
     from hpa_kit.predict import PredictOptions, predict_folder
     from hpa_kit.segment import ClassicalSegmenter
     from hpa_kit.train import fit
 
-    if out.exists():
+    train_config = _train_config(folder, out / "model", config, variant, extra)
+    record = out / "model" / "train_config.json"
+    paths = {"train_csv", "images_dir", "out_dir"}  # the data key already matched
+
+    def same(saved: dict[str, Any]) -> bool:
+        current = train_config.to_dict()
+        return {k: v for k, v in saved.items() if k not in paths} == {
+            k: v for k, v in current.items() if k not in paths
+        }
+
+    reused = reuse and record.is_file() and same(json.loads(record.read_text()))
+    reused = reused and (out / "model" / "best" / "model.pt").is_file()
+    if not reused and out.exists():
         shutil.rmtree(out)
+    shared = None if reused else _share_stage0(out, train_config, stage0_dir)
     start, cpu = time.perf_counter(), time.process_time()
-    result = fit(_train_config(folder, out / "model", config, variant, extra))
+    if not reused:
+        fit(train_config.replace(resume=shared is not None))
     train_s, train_cpu = time.perf_counter() - start, time.process_time() - cpu
+    test = _test_set(folder, config)
     start, cpu = time.perf_counter(), time.process_time()
     options = PredictOptions(tta=config.tta, num_workers=0, device="cpu", amp=False, progress=False)
+    name = f"submission{config.n_test}.csv"
     predict_folder(
-        folder / "test" / "images",
-        folder / "test" / "sample_submission.csv",
-        [result.best_dir],
-        out=out / "submission.csv",
+        test / "images",
+        test / "sample_submission.csv",
+        [out / "model" / "best"],
+        out=out / name,
         segmenter=ClassicalSegmenter(config.seg_scale, pixel_size=config.pixel_size),
         options=options,
     )
     predict_s, predict_cpu = time.perf_counter() - start, time.process_time() - cpu
-    subset = _full_label_images(folder / "test" / "truth.csv")
-    full, part = _score(out / "submission.csv", folder / "test" / "truth.csv", subset)
+    subset = _full_label_images(test / "truth.csv")
+    full, part = _score(out / name, test / "truth.csv", subset)
+    epochs = [json.loads(line) for line in (out / "model" / "log.jsonl").read_text().splitlines()]
     row = {
         "map": full,
         "map_full_label_images": part,
         "full_label_images": len(subset),
-        "epochs": result.epochs_done,
-        "seconds": {"train": round(train_s, 1), "predict": round(predict_s, 1)},
-        "cpu_seconds": {"train": round(train_cpu, 1), "predict": round(predict_cpu, 1)},
+        "n_test": config.n_test,
+        "epochs": len(epochs),
+        "reused_model": reused,
+        "stage0_from": shared,
+        "seconds": {"train": None if reused else round(train_s, 1), "predict": round(predict_s, 1)},
+        "cpu_seconds": {
+            "train": None if reused else round(train_cpu, 1),
+            "predict": round(predict_cpu, 1),
+        },
     }
     if variant == "image-labels":
-        row["baselines"] = _baselines(folder, out, result.best_dir, config, subset)
+        row["baselines"] = _baselines(test, out, out / "model" / "best", config, subset)
     return row
 
 
@@ -271,8 +324,10 @@ def run(args: argparse.Namespace) -> None:
         data_dir = args.out / "data" / _data_key(config)
         data = _data(data_dir, config)
         for variant in args.variants:
+            out = args.out / tag / f"seed{seed}" / variant
+            stage0_dir = args.out / args.stage0_tag / f"seed{seed}" if args.stage0_tag else None
             row = _variant(
-                data_dir, args.out / tag / f"seed{seed}" / variant, config, variant, extra
+                data_dir, out, config, variant, extra, reuse=args.reuse, stage0_dir=stage0_dir
             )
             row.update(
                 setting=args.setting,
@@ -346,6 +401,18 @@ def main() -> None:
     run_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     run_parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE")
     run_parser.add_argument("--tag", default=None, help="name of this configuration in the results")
+    run_parser.add_argument(
+        "--stage0-tag",
+        default=None,
+        help="refined variants copy their stage 0 from this tag's image-labels / bags run "
+        "(default: this tag's)",
+    )
+    run_parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep a variant's trained model when its training config is unchanged (e.g. to "
+        "score it on another test set size)",
+    )
     table_parser = sub.add_parser("table")
     table_parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

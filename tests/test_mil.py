@@ -504,3 +504,39 @@ def test_two_process_bag_training_with_gloo(planted, tmp_path):
     with torch.no_grad():
         pooled = pool(model(images), index, len(bags), method="lse")
     assert float(focal_loss(pooled, targets)) == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
+
+
+def test_oracle_labels_on_synthetic_crops(tmp_path):
+    """Crops named as the crop writer names them get the classes of the true cell they
+    overlap: always inside their image's labels, and different from them in a multi-class
+    image; an unmatched crop keeps its image's labels."""
+    from hpa_kit.io import CHANNELS, read_image
+    from hpa_kit.oracle import oracle_labels
+    from hpa_kit.segment import ClassicalSegmenter
+    from hpa_kit.synth import SynthConfig, write_dataset
+
+    data = write_dataset(
+        tmp_path, n=3, size=192, seed=4, config=SynthConfig(cells=(5, 8)), progress=False
+    )
+    segmenter = ClassicalSegmenter(1.0, pixel_size=2048 / 192)
+    labels = dict(zip(data.ids, pd.read_csv(data.train_csv, dtype=str)["Label"], strict=True))
+    rows = []
+    for image_id in data.ids:
+        _, cells = segmenter.segment(
+            [read_image(tmp_path / "images", image_id, channels=CHANNELS)]
+        )[0]
+        for cell in np.unique(cells[cells > 0]):
+            rows.append((f"{image_id}_c{cell:04d}", labels[image_id], image_id))
+    rows.append((f"{data.ids[0]}_c9999", labels[data.ids[0]], data.ids[0]))  # no such cell
+    crops = pd.DataFrame(rows, columns=["ID", "Label", "image"])
+    oracle, counts = oracle_labels(crops, tmp_path, segmenter=segmenter)
+    assert counts["crops"] == len(crops) and 0 < counts["matched"] < len(crops)
+    assert oracle[-1] == crops["Label"].iloc[-1]
+    for text, image_labels in zip(oracle, crops["Label"], strict=True):
+        assert set(text.split("|")) <= set(image_labels.split("|"))
+    given = list(crops["Label"])
+    changed = [
+        crop for crop, (new, old) in enumerate(zip(oracle, given, strict=True)) if new != old
+    ]
+    assert changed and all("|" in given[crop] for crop in changed)
+    assert counts["changed"] == len(changed)
