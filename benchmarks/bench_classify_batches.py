@@ -9,7 +9,12 @@ mode: seconds of the first pass (every new batch shape met for the first time), 
 ``exact`` (``pad_batches=False``) and ``pow2`` (``pad_batches=True``: batches padded with black
 crops to the next power of two, at most ``--batch-size``; the default on CUDA).
 
-    python benchmarks/bench_classify_batches.py --device cuda
+The modes' processes run in interleaved rounds (``benchmarks/_timing.py``: exact then pow2,
+then pow2 then exact, ...), ``--rounds`` of them; figures are the median over the rounds, then
+the fastest and slowest round, and each ratio is the median of the per-round ratios, then the
+lowest and highest.
+
+    python benchmarks/bench_classify_batches.py --device cuda --rounds 3
     .venv/bin/python benchmarks/bench_classify_batches.py --device cpu --images 6 --size 64  # smoke test
 """
 
@@ -21,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _timing import Spread, ratio, round_orders
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -89,6 +96,7 @@ def main() -> None:
     parser.add_argument("--max-cells", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the modes")
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
 
@@ -100,36 +108,53 @@ def main() -> None:
         print(json.dumps(_child(args)))
         return
 
-    rows = []
-    for mode in MODES:
-        cmd = [sys.executable, __file__, "--mode", mode] + [
-            arg for arg in sys.argv[1:] if arg != "--mode"
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            print(f"{mode}: failed ({done.returncode})\n{done.stderr[-3000:]}", flush=True)
-            continue
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"{mode}: {rows[-1]}", flush=True)
-    if not rows:
+    runs = _run_rounds(args)
+    if not all(runs.values()):
         sys.exit(1)
+    _report(args, runs)
+
+
+def _run_rounds(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Each mode in a fresh process, ``--rounds`` times, the order rotating every round."""
+    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    passed = [arg for arg in sys.argv[1:] if arg != "--mode"]
+    for order in round_orders(MODES, args.rounds):
+        for mode in order:
+            cmd = [sys.executable, __file__, "--mode", mode, *passed]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                print(f"{mode}: failed ({done.returncode})\n{done.stderr[-3000:]}", flush=True)
+                return {mode: [] for mode in MODES}
+            runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"{mode}: {runs[mode][-1]}", flush=True)
+    return runs
+
+
+def _report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
+    first = runs[MODES[0]][0]
     print()
-    print(f"{rows[0]['device']}, {args.arch} at {args.size} px, tta {args.tta}, batch size "
-          f"{args.batch_size}, {rows[0]['images']} calls of {args.min_cells}-{args.max_cells} "
-          f"crops ({rows[0]['cells']} cells) per pass:")  # fmt: skip
+    print(f"{first['device']}, {args.arch} at {args.size} px, tta {args.tta}, batch size "
+          f"{args.batch_size}, {first['images']} calls of {args.min_cells}-{args.max_cells} "
+          f"crops ({first['cells']} cells) per pass, {args.rounds} rounds:")  # fmt: skip
     print()
     print("| mode | library start s | pass 1 s | pass 1 cells/s | slowest call pass 1 s | "
           "pass 2 s | pass 2 cells/s | batch sizes seen |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        p1, p2 = r["pass_s"]
-        print(f"| {r['mode']} | {r['start_s']:.2f} | {p1:.2f} | {r['cells'] / p1:.0f} | "
-              f"{r['slowest_call_s'][0]:.2f} | {p2:.2f} | {r['cells'] / p2:.0f} | "
-              f"{len(r['batch_sizes'])}: {r['batch_sizes']} |")  # fmt: skip
-    if len(rows) == 2:
-        (e1, e2), (p1, p2) = rows[0]["pass_s"], rows[1]["pass_s"]
-        print()
-        print(f"exact / pow2: pass 1 {e1 / p1:.2f}x, pass 2 {e2 / p2:.2f}x")
+    passes = {}
+    for mode, rows in runs.items():
+        start = Spread(tuple(r["start_s"] for r in rows))
+        p1, p2 = (Spread(tuple(r["pass_s"][k] for r in rows)) for k in (0, 1))
+        slowest = Spread(tuple(r["slowest_call_s"][0] for r in rows))
+        passes[mode] = (p1, p2)
+        sizes = rows[0]["batch_sizes"]
+        print(f"| {mode} | {start.text(fmt='{:.2f}', unit='')} | {p1.text(fmt='{:.2f}', unit='')} "
+              f"| {first['cells'] / p1.median:.0f} | {slowest.text(fmt='{:.2f}', unit='')} | "
+              f"{p2.text(fmt='{:.2f}', unit='')} | {first['cells'] / p2.median:.0f} | "
+              f"{len(sizes)}: {sizes} |")  # fmt: skip
+    (e1, e2), (p1, p2) = passes["exact"], passes["pow2"]
+    x = {"fmt": "{:.2f}", "unit": "x"}
+    print()
+    print(f"exact / pow2: pass 1 {ratio(e1, p1).text(**x)}, pass 2 {ratio(e2, p2).text(**x)}")
 
 
 if __name__ == "__main__":

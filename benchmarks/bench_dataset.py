@@ -4,21 +4,29 @@ Source: the real sample images (HPA_KIT_SAMPLES or --samples), the 4 ids repeate
 items, read either as stored (2048/3072 px, "raw") or from a copy resized to 1024 px with area
 interpolation (what ``hpa-kit prepare --size 1024`` and the seed used, "prepared"). For each
 input size and DataLoader worker count it times one full pass of a DataLoader
-(batch 8, SeededSampler, HPADataset.for_config(train=True)), worker start-up included, and
-prints a Markdown table of images/s.
+(batch 8, SeededSampler, HPADataset.for_config(train=True)), dataset construction and
+worker start-up included. For each input size and worker count the sources run in interleaved
+rounds (``benchmarks/_timing.py``: the order alternates every round, so load on a shared
+machine falls on both alike), ``--rounds`` of them, after ``--warmup`` untimed passes of each
+(the first pass pays imports). Printed as a Markdown table: images/s at
+the median pass time, the pass seconds (median, then the fastest and slowest round), and per
+row the speed-up of the first source over the others (median of the per-round ratios, then
+the lowest and highest).
 
     NO_ALBUMENTATIONS_UPDATE=1 .venv/bin/python benchmarks/bench_dataset.py \\
-        --samples ../shared/data/hpa-samples --n 24 --sizes 512 1024 --workers 0 1 2
+        --samples ../shared/data/hpa-samples --n 24 --sizes 512 1024 --workers 0 1 2 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
+
+from _timing import interleaved, ratio
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -32,7 +40,8 @@ def _prepare(samples: Path, ids: list[str], out: Path, size: int, channels) -> P
     return out
 
 
-def _time_pass(df, images_dir, *, size, workers, channels, batch_size=8) -> float:
+def _pass(df, images_dir, *, size, workers, channels, batch_size=8) -> int:
+    """One full pass of a training DataLoader; returns the number of images."""
     import torch
 
     from hpa_kit.dataset import HPADataset, SeededSampler
@@ -44,13 +53,9 @@ def _time_pass(df, images_dir, *, size, workers, channels, batch_size=8) -> floa
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers
     )
-    start = time.perf_counter()
-    count = 0
-    for images, _ in loader:
-        count += len(images)
-    elapsed = time.perf_counter() - start
+    count = sum(len(images) for images, _ in loader)
     assert count == len(dataset)
-    return count / elapsed
+    return count
 
 
 def main() -> None:
@@ -60,7 +65,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--channels", type=int, default=3, choices=(3, 4))
-    parser.add_argument("--sources", nargs="+", default=["prepared", "raw"])
+    parser.add_argument("--sources", nargs="+", default=["prepared", "raw"],
+                        choices=("prepared", "raw"))  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed passes of each source")
     args = parser.parse_args()
     if not args.samples:
         parser.error("--samples (or HPA_KIT_SAMPLES) is required")
@@ -80,21 +88,33 @@ def main() -> None:
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch threads 1, channels {channels}, {args.n} items per pass, batch 8"
+        f"torch threads 1, channels {channels}, {args.n} items per pass, batch 8, "
+        f"{args.rounds} rounds"
     )
     print()
-    print("| source | input px | workers | images/s |")
-    print("|---|---:|---:|---:|")
+    print(f"| source | input px | workers | images/s | pass s | {args.sources[0]} speed-up |")
+    print("|---|---:|---:|---:|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for source in args.sources:
-            if source == "prepared":
-                folder = _prepare(samples, ids, Path(tmp) / "p1024", 1024, channels)
-            else:
-                folder = samples / "images"
-            for size in args.sizes:
-                for workers in args.workers:
-                    rate = _time_pass(df, folder, size=size, workers=workers, channels=channels)
-                    print(f"| {source} | {size} | {workers} | {rate:.1f} |", flush=True)
+        folders = {
+            source: _prepare(samples, ids, Path(tmp) / "p1024", 1024, channels)
+            if source == "prepared"
+            else samples / "images"
+            for source in args.sources
+        }
+        for size in args.sizes:
+            for workers in args.workers:
+                fns = {
+                    source: functools.partial(
+                        _pass, df, folder, size=size, workers=workers, channels=channels
+                    )
+                    for source, folder in folders.items()
+                }
+                times = interleaved(fns, args.rounds, warmup=args.warmup)
+                first = times[args.sources[0]]
+                for source, t in times.items():
+                    speedup = ratio(t, first).text(fmt="{:.2f}", unit="x")
+                    print(f"| {source} | {size} | {workers} | {t.result / t.median:.1f} | "
+                          f"{t.text(fmt='{:.2f}', unit='')} | {speedup} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

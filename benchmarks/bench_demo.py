@@ -9,7 +9,7 @@ Usage (from the repository root):
 seed=(1, k))``, k < ``--n``) against their true cell labels, one-to-one at IoU >= 0.6
 (:func:`hpa_kit.segment.match_labels`, pooled over images), with the unscaled defaults
 (:class:`hpa_kit.segment.ClassicalSegmenter`) and with ``pixel_size = 2048 / S``, maps at scale
-0.5 and 1.0. ``tta``: re-predicts a finished demo's test set with its checkpoint and
+0.5 and 1.0 (pooled by :func:`hpa_kit.segment.match_dataset`). ``tta``: re-predicts a finished demo's test set with its checkpoint and
 segmenter for each TTA set and scores each file (mAP, mask IoU >= 0.6). Torch uses one thread,
 as the demo does. Prints JSON lines.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 def segmentation(sizes: list[int], n: int) -> None:
     from hpa_kit.demo import HPA_SIZE
-    from hpa_kit.segment import ClassicalSegmenter, match_labels
+    from hpa_kit.segment import ClassicalSegmenter, match_dataset
     from hpa_kit.synth import generate_image
 
     for size in sizes:
@@ -35,24 +35,20 @@ def segmentation(sizes: list[int], n: int) -> None:
                 "scaled": ClassicalSegmenter(scale, pixel_size=HPA_SIZE / size),
             }
             for name, segmenter in segmenters.items():
-                tp = n_true = n_pred = 0
                 start = time.perf_counter()
-                for synth in images:
-                    _, cells = segmenter.segment([synth.image])[0]
-                    match = match_labels(synth.cell_labels, cells, threshold=0.6)
-                    tp, n_true, n_pred = tp + match.tp, n_true + match.n_true, n_pred + match.n_pred
+                pairs = ((s.cell_labels, segmenter.segment([s.image])[0][1]) for s in images)
+                match = match_dataset(pairs, threshold=0.6)
                 seconds = (time.perf_counter() - start) / len(images)
-                f1 = 2 * tp / (n_true + n_pred) if n_true + n_pred else 0.0
                 print(
                     json.dumps(
                         {
                             "size": size,
                             "scale": scale,
                             "segmenter": name,
-                            "f1": round(f1, 4),
-                            "tp": tp,
-                            "n_true": n_true,
-                            "n_pred": n_pred,
+                            "f1": round(match.f1, 4),
+                            "tp": match.tp,
+                            "n_true": match.n_true,
+                            "n_pred": match.n_pred,
                             "s_per_image": round(seconds, 4),
                         }
                     ),

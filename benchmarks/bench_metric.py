@@ -8,13 +8,19 @@ worst case: ~570 triplets per image), confidences higher for the image's classes
 
     .venv/bin/python benchmarks/bench_metric.py --n 1776 --size 512 --n-full 3 --full-size 2048
 
-Also times write_submission of the same predictions. Figures are wall-clock seconds on whatever machine runs it; the first image of each timed
-call pays pycocotools' import.
+Also times write_submission of the same predictions. The five operations (score with mask IoU,
+with bbox IoU, with ``--all-classes``, validate, write) run in interleaved rounds
+(``benchmarks/_timing.py``: the order rotates every round, so load on a shared machine falls
+on all alike), ``--rounds`` of them; each time is the median over the rounds, then the fastest
+and slowest round. Figures are wall-clock seconds on whatever machine runs it; the first
+round's first call pays pycocotools' import.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import sys
 import tempfile
 import time
@@ -22,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _timing import interleaved
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -98,7 +105,7 @@ def make_set(n: int, size: int, n_cells: int, seed: int) -> tuple[pd.DataFrame, 
     return pd.DataFrame(truth_rows, columns=COLUMNS), pd.DataFrame(pred_rows, columns=COLUMNS)
 
 
-def bench(n: int, size: int, n_cells: int, seed: int, folder: Path) -> dict:
+def bench(n: int, size: int, n_cells: int, seed: int, folder: Path, rounds: int) -> dict:
     t0 = time.perf_counter()
     truth, pred = make_set(n, size, n_cells, seed)
     t_gen = time.perf_counter() - t0
@@ -113,29 +120,34 @@ def bench(n: int, size: int, n_cells: int, seed: int, folder: Path) -> dict:
         "csv_mb": round(pred_path.stat().st_size / 1e6, 1),
         "generate_s": round(t_gen, 1),
     }
-    for iou in ("mask", "bbox"):
-        t0 = time.perf_counter()
-        result = score_submission(pred_path, truth_path, iou=iou)
-        out[f"score_{iou}_s"] = round(time.perf_counter() - t0, 2)
-        out[f"map_{iou}"] = round(result.map, 4)
-    t0 = time.perf_counter()
-    result = score_submission(pred_path, truth_path, ignore_absent_classes=False)
-    out["score_all_classes_s"] = round(time.perf_counter() - t0, 2)
-    out["map_all_classes"] = round(result.map, 4)
     sample = truth.drop(columns="PredictionString")
-    t0 = time.perf_counter()
-    report = validate_submission(pred_path, sample)
-    out["validate_s"] = round(time.perf_counter() - t0, 2)
-    out["validate_ok"] = report.ok
-    t0 = time.perf_counter()
-    written = write_submission(
-        folder / f"written_{size}.csv",
-        dict(zip(pred["ID"], pred["PredictionString"], strict=True)),
-        sample,
+    predictions = dict(zip(pred["ID"], pred["PredictionString"], strict=True))
+    fresh = itertools.count()
+    times = interleaved(
+        {
+            "score_mask": lambda: score_submission(pred_path, truth_path, iou="mask"),
+            "score_bbox": lambda: score_submission(pred_path, truth_path, iou="bbox"),
+            "score_all_classes": lambda: score_submission(
+                pred_path, truth_path, ignore_absent_classes=False
+            ),
+            "validate": lambda: validate_submission(pred_path, sample),
+            "write": lambda: write_submission(
+                folder / f"written_{size}_{next(fresh)}.csv", predictions, sample
+            ),
+        },
+        rounds,
     )
-    out["write_s"] = round(time.perf_counter() - t0, 2)
-    out["write_placeholders"] = len(written.placeholders)
-    out["score_mask_ms_per_image"] = round(1000 * out["score_mask_s"] / n, 2)
+    out["seconds"] = {name: t.as_dict(digits=3) for name, t in times.items()}
+    for name in ("mask", "bbox", "all_classes"):
+        out[f"map_{name}"] = round(times[f"score_{name}"].result.map, 4)
+    out["validate_ok"] = times["validate"].result.ok
+    out["write_placeholders"] = len(times["write"].result.placeholders)
+    out["score_mask_ms_per_image"] = round(1000 * times["score_mask"].median / n, 2)
+    print(f"\n{n} images at {size} px, {n_triplets} triplets, {out['csv_mb']} MB "
+          f"(wall seconds: median over {rounds} rounds, then the fastest and slowest):\n")  # fmt: skip
+    print("| " + " | ".join(times) + " |")
+    print("|" + "---|" * len(times))
+    print("| " + " | ".join(t.text(fmt="{:.2f}", unit="") for t in times.values()) + " |")
     return out
 
 
@@ -147,13 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-size", type=int, default=2048, help="full side (2048)")
     parser.add_argument("--cells", type=int, default=30, help="truth cells per image (30)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         for n, size in ((args.n, args.size), (args.n_full, args.full_size)):
             if n <= 0:
                 continue
-            out = bench(n, size, args.cells, args.seed, Path(tmp))
-            print(" ".join(f"{k}={v}" for k, v in out.items()), flush=True)
+            out = bench(n, size, args.cells, args.seed, Path(tmp), args.rounds)
+            print(json.dumps(out), flush=True)
     return 0
 
 

@@ -4,8 +4,9 @@ Usage (from the repository root):
 
     .venv/bin/python benchmarks/bench_synth.py --sizes 1728 2048 3072 --repeat 3 --write 2
 
-For each size it times ``generate_image`` over ``--repeat`` seeds (min / median wall seconds,
-median process CPU seconds, cell counts), then, with ``--write N``, ``write_dataset`` of N
+For each size it times ``generate_image`` over ``--repeat`` seeds (wall and process CPU
+seconds: the median over the seeds, then the fastest and slowest, ``benchmarks/_timing.py``'s
+``Spread``; cell counts), then, with ``--write N``, ``write_dataset`` of N
 images at 2048 px (generation + 4 channel PNGs + 2 label PNGs + truth RLE + CSVs) per image.
 Single process; OpenCV may use its own threads inside cv2 calls.
 
@@ -23,9 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
 import time
+
+from _timing import Spread
 
 
 def _cell_crops(synth, crop: int) -> list:
@@ -153,16 +155,15 @@ def main() -> None:
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
             cells.append(synth.num_cells)
+        wall, process = Spread(tuple(times)), Spread(tuple(cpu))
         results["generate"][str(size)] = {
-            "min_s": round(min(times), 3),
-            "median_s": round(statistics.median(times), 3),
-            "median_cpu_s": round(statistics.median(cpu), 3),
+            "wall_s": wall.as_dict(digits=3),
+            "cpu_s": process.as_dict(digits=3),
             "cells": cells,
         }
         print(
-            f"generate_image {size}x{size}: min {min(times):.3f} s, median "
-            f"{statistics.median(times):.3f} s (process CPU median {statistics.median(cpu):.3f} s) "
-            f"over {args.repeat} seeds; cells {cells}",
+            f"generate_image {size}x{size}: wall {wall.text(fmt='{:.3f}')}, process CPU "
+            f"{process.text(fmt='{:.3f}')} over {args.repeat} seeds; cells {cells}",
             flush=True,
         )
     if args.write > 0:

@@ -7,16 +7,18 @@ the run goes on; results go to ``--json`` after every check):
    and iterative-stratification (all three are imported lazily, inside the functions that need
    them); which of them are importable here (training needs albumentations; synthetic data,
    mask encoding and so predict_folder need pycocotools).
-1. seg: random-weight *stand-ins* for hpacellseg's networks (same contract: N x 3 x H x W in,
-   H and W multiples of 32, N x 3 x H x W logits out; a small U-Net with BatchNorm and
-   ``nn.Upsample``, pooled 5 times, added to a fixed brightness prior so that the maps show
-   real cells), pickled as whole modules (the nuclei one inside ``nn.DataParallel``, as
+1. seg: cost-faithful *stand-ins* for hpacellseg's networks (``hpa_kit.segment.standin``:
+   DPN-92 U-Nets with hpacellseg's widths, 139 M parameters and 579 GFLOPs per 3x512x512
+   forward each, random weights plus a brightness prior so that the maps show real cells),
+   written whole by ``write_standin_weights`` (the nuclei one inside ``nn.DataParallel``, as
    hpacellseg's files are) and loaded by ``load_segmentation_models``. ``predict_maps`` on the
-   device (float16 autocast on CUDA) against the CPU for the same images; time per image at
-   2048 px (these are stand-ins, not the real DPN U-Nets: the figures are the pipeline's
-   overhead plus a network of similar depth, not hpacellseg's speed); ``segment()`` through a
-   ``NetworkSegmenter`` on the device (label shapes, cells found, F1 against the synthetic
-   truth, against the labels from CPU maps).
+   device (float16 autocast on CUDA) against the CPU for the same images; time per 2048 px
+   image at batch sizes 1-8 (``seg_batches``): ``predict_maps`` as the pipeline runs it, and
+   the forward passes of both networks in float16 autocast, float32 with TF32 and strict
+   float32, with the TFLOPS reached (the stand-ins cost what hpacellseg's networks cost; their
+   maps say nothing about its accuracy); ``segment()`` through a ``NetworkSegmenter`` on the
+   device (label shapes, cells found, F1 against the synthetic truth, against the labels from
+   CPU maps). A batch size that runs out of GPU memory is reported as such.
 2. cls: a timm efficientnet_b0 (``pretrained=False``, BatchNorm statistics calibrated on the
    crops, head scaled down so the probabilities are not saturated) written with
    ``save_checkpoint`` and read back with ``load_classifier`` on both devices;
@@ -36,7 +38,9 @@ On the device machine (wheels for albumentations + pycocotools in .whl/, see the
 
     PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --json $OUT/gpu_check.json
 
-Here, on the CPU, a reduced run (comparisons that need CUDA print SKIP(cuda-only)):
+Here, on the CPU, a reduced run (comparisons that need CUDA print SKIP(cuda-only); the
+segmentation stand-ins keep their full architecture and weights, on 256 px images, i.e.
+64x64 network inputs):
 
     .venv/bin/python benchmarks/gpu_check.py --device cpu --quick --json /tmp/gpu_check.json
 
@@ -77,8 +81,8 @@ class Sizes:
     """Every size of the run; ``quick()`` is the CPU test's."""
 
     seg_image: int = 2048  # synthetic image side for the segmentation checks
-    seg_width: int = 32  # stand-in U-Net width (channels 32 .. 512)
     seg_batch: int = 4
+    seg_batches: tuple[int, ...] = (1, 2, 4, 8)  # batch sizes timed (seg time per image)
     seg_time_images: int = 8
     cls_image: int = 1024  # synthetic image the cell crops are cut from
     cls_compare_size: int = 256
@@ -102,9 +106,9 @@ class Sizes:
     def quick(cls) -> Sizes:
         return cls(
             seg_image=256,
-            seg_width=4,
             seg_batch=2,
-            seg_time_images=2,
+            seg_batches=(1,),
+            seg_time_images=1,
             cls_image=256,
             cls_compare_size=64,
             cls_compare_images=1,
@@ -316,85 +320,87 @@ def _compare_probs(a, b) -> dict[str, float]:
     return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
 
 
-def standin_class():
-    """The stand-in network class, defined on first use as ``StandInUNet`` of this module
-    (pickled whole modules refer to it by that name; torch is imported only here, so worker
-    processes that re-import this script stay light)."""
-    existing = globals().get("StandInUNet")
-    if existing is not None:
-        return existing
+#: Forward precisions timed on CUDA: float16 autocast (what predict_maps runs there), float32
+#: with TF32 convolutions allowed (torch's default for cuDNN), strict float32 (TF32 off, as on
+#: GPUs without TF32). The CPU runs float32 only.
+SEG_MODES = ("fp16", "tf32", "fp32")
+
+
+def _precision(mode: str, device: str):
+    """A context manager that runs the forward passes at ``mode`` (see :data:`SEG_MODES`)."""
+    import contextlib
+
     import torch
-    import torch.nn.functional as F
-    from torch import nn
 
-    from hpa_kit.segment.networks import CELL_MEAN, CELL_STD
+    stack = contextlib.ExitStack()
+    if not device.startswith("cuda"):
+        return stack
+    if mode == "fp16":
+        stack.enter_context(torch.autocast("cuda", dtype=torch.float16))
+        return stack
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
 
-    def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
+    def restore() -> None:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    stack.callback(restore)
+    return stack
+
+
+def _seg_rates(models, images, batch: int, sizes: Sizes, device: str) -> dict[str, Any]:
+    """Per 2048 px image at one batch size: ``predict_maps`` (CPU input preparation included)
+    and the forward passes of both networks at each precision, with the FLOP rate reached."""
+    import numpy as np
+    import torch
+
+    from hpa_kit.segment import predict_maps
+    from hpa_kit.segment.networks import network_inputs
+    from hpa_kit.segment.standin import standin_cost
+
+    nuclei, cell = models
+    n_in, c_in, _ = network_inputs(images[0], scale=0.25)
+    flops = 2 * standin_cost(rows=n_in.shape[1], cols=n_in.shape[2]).flops  # both networks
+    row: dict[str, Any] = {"input": f"{batch}x3x{n_in.shape[1]}x{n_in.shape[2]}"}
+    _reset_peak(device)
+    try:
+        whole = _rate(
+            lambda: predict_maps(images, nuclei, cell, scale=0.25, batch_size=batch, device=device),
+            len(images),
+            sizes.min_seconds,
+            device,
         )
+        row["predict_maps_ms"] = round(whole["s_per_item"] * 1e3, 2)
+        batch_n = torch.from_numpy(np.stack([n_in] * batch)).to(device)
+        batch_c = torch.from_numpy(np.stack([c_in] * batch)).to(device)
+        for mode in SEG_MODES if device.startswith("cuda") else ("fp32",):
 
-    class StandInUNet(nn.Module):
-        """hpacellseg's contract: N x 3 x H x W (H, W multiples of 32) -> N x 3 x H x W logits.
+            def forward(mode=mode):
+                with torch.inference_mode(), _precision(mode, device):
+                    nuclei(batch_n)
+                    cell(batch_c)
 
-        logits = brightness prior (channel 2: smoothed foreground brightness above
-        ``threshold``; channel 1: -4; channel 0: 0) + tanh(U-Net(x)). ``kind`` "nuclei" reads
-        the blue input, "cell" the brightest of red, yellow, blue.
-        """
+            rate = _rate(forward, batch, sizes.min_seconds, device)
+            row[f"forward_{mode}_ms"] = round(rate["s_per_item"] * 1e3, 2)
+            row[f"forward_{mode}_tflops"] = round(flops / rate["s_per_item"] / 1e12, 4)
+    except torch.cuda.OutOfMemoryError:
+        row["error"] = "out of memory"
+        torch.cuda.empty_cache()
+    row["peak_mib"] = _peak_mib(device)
+    return row
 
-        def __init__(self, kind: str, width: int = 32, seed: int = 0) -> None:
-            super().__init__()
-            torch.manual_seed(seed)
-            self.kind = kind
-            self.threshold = (25.0 if kind == "nuclei" else 8.0) / 255.0
-            self.register_buffer(
-                "mean", torch.tensor(CELL_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-            )
-            self.std = float(CELL_STD)
-            chans = [width * m for m in (1, 2, 4, 8, 16, 16)]
-            self.down = nn.ModuleList()
-            cin = 3
-            for c in chans:
-                self.down.append(block(cin, c))
-                cin = c
-            self.pool = nn.MaxPool2d(2)
-            self.up = nn.Upsample(scale_factor=2, mode="nearest")
-            self.dec = nn.ModuleList(
-                block(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(len(chans) - 1))
-            )
-            self.head = nn.Conv2d(chans[0], 3, 1)
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
 
-        def prior(self, x: torch.Tensor) -> torch.Tensor:
-            v = x.float() * self.std + self.mean  # back to [0, 1]
-            v = v[:, 2:3] if self.kind == "nuclei" else v.amax(1, keepdim=True)
-            v = F.avg_pool2d(v, 5, 1, 2, count_include_pad=False)
-            fg = (v - self.threshold) * (255.0 / 3.0)
-            return torch.cat([torch.zeros_like(fg), torch.full_like(fg, -4.0), fg], 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            skips = []
-            h = x
-            for i, layer in enumerate(self.down):
-                if i:
-                    h = self.pool(h)
-                h = layer(h)
-                skips.append(h)
-            for layer, skip in zip(self.dec, reversed(skips[:-1]), strict=True):
-                h = layer(torch.cat([self.up(h), skip], 1))
-            return self.prior(x) + torch.tanh(self.head(h).float())
-
-    StandInUNet.__qualname__ = "StandInUNet"
-    StandInUNet.__module__ = __name__
-    globals()["StandInUNet"] = StandInUNet
-    return StandInUNet
+def _seg_line(row: dict[str, Any]) -> str:
+    parts = []
+    if "predict_maps_ms" in row:
+        parts.append(f"predict_maps {row['predict_maps_ms']:.1f}")
+    for mode in SEG_MODES:
+        if f"forward_{mode}_ms" in row:
+            ms, tflops = row[f"forward_{mode}_ms"], row[f"forward_{mode}_tflops"]
+            parts.append(f"forward {mode} {ms:.1f} ({tflops:.3g} TFLOPS)")
+    if "error" in row:
+        parts.append(row["error"])
+    return ", ".join(parts)
 
 
 def _maps_diff(a, b) -> dict[str, float]:
@@ -532,40 +538,46 @@ def section_seg(results: Results, args: argparse.Namespace, sizes: Sizes, work: 
     on_cuda = device.startswith("cuda")
 
     def build():
-        import torch
-
-        from hpa_kit.segment import WEIGHT_FILES, load_segmentation_models
+        from hpa_kit.segment import load_segmentation_models
+        from hpa_kit.segment.standin import standin_cost, write_standin_weights
         from hpa_kit.synth import generate_image
 
-        cls = standin_class()
-        folder = work / "seg_weights"
-        folder.mkdir(parents=True, exist_ok=True)
-        nuclei = cls("nuclei", sizes.seg_width, seed=1)
-        cell = cls("cell", sizes.seg_width, seed=2)
-        torch.save(torch.nn.DataParallel(nuclei), folder / WEIGHT_FILES["nuclei"])
-        torch.save(cell, folder / WEIGHT_FILES["cell"])
-        paths = (folder / WEIGHT_FILES["nuclei"], folder / WEIGHT_FILES["cell"])
+        t0 = time.perf_counter()
+        # the script's own folder (a rerun with the same --workdir replaces its files)
+        paths = write_standin_weights(work / "standin_weights", seed=1, overwrite=True)
+        written = time.perf_counter() - t0
         on_device = load_segmentation_models(*paths, device)
-        on_cpu = load_segmentation_models(*paths, "cpu")
+        on_cpu = on_device if device == "cpu" else load_segmentation_models(*paths, "cpu")
         params = sum(p.numel() for p in on_cpu[0].parameters())
+        cost = standin_cost()
         where = {str(next(m.parameters()).device) for m in on_device}
         images = [generate_image(size=sizes.seg_image, seed=(7, k)) for k in range(2)]
-        state["seg_folder"] = folder
+        state["seg_folder"] = paths[0].parent
         state["seg_models"] = on_device
         state["seg_models_cpu"] = on_cpu
         state["seg_synth"] = images
         ok = all(not m.training for m in (*on_device, *on_cpu)) and len(where) == 1
         detail = (
-            f"stand-ins ({params / 1e6:.2f} M parameters each) loaded on {sorted(where)} and cpu"
+            f"cost-faithful stand-ins (DPN-92 U-Nets, random weights; {params / 1e6:.1f} M "
+            f"parameters, {cost.flops / 1e9:.0f} GFLOPs per 3x512x512 forward each) written in "
+            f"{written:.1f} s, loaded on {sorted(where)} and cpu"
         )
-        return ok, detail, {"params_m": round(params / 1e6, 2), "image_px": sizes.seg_image}
+        metrics = {
+            "params_m": round(params / 1e6, 2),
+            "gflops_512": round(cost.flops / 1e9, 1),
+            "write_s": round(written, 1),
+            "image_px": sizes.seg_image,
+        }
+        return ok, detail, metrics
 
-    results.run("seg", "stand-in networks pickled and loaded", build)
+    results.run("seg", "stand-in networks written whole and loaded", build)
 
     def compare():
         _needs(state, "seg_models", "seg_synth")
         from hpa_kit.segment import predict_maps
 
+        if not on_cuda:
+            raise Skip("cuda-only (compares the device's maps with the CPU's)")
         images = [s.image for s in state["seg_synth"]]
         kwargs = {"scale": 0.25, "batch_size": sizes.seg_batch}
         t0 = time.perf_counter()
@@ -588,62 +600,28 @@ def section_seg(results: Results, args: argparse.Namespace, sizes: Sizes, work: 
         metrics["maps_shape"] = str(dev[0][0].shape)
         metrics["device_s"] = round(t1 - t0, 3)
         metrics["cpu_s"] = round(t2 - t1, 3)
-        detail = f"{len(images)} images, {device} ({'float16 autocast' if on_cuda else 'float32'}) vs cpu"
-        if not on_cuda:
-            raise Skip(f"cuda-only (ran cpu vs cpu: nuclei max diff {metrics['nuclei_max_abs']})")
+        detail = f"{len(images)} images, {device} (float16 autocast) vs cpu"
         return ok, detail + f"; pass if share_gt2 <= {TOL_MAP_SHARE}", metrics
 
     results.run("seg", "predict_maps device vs cpu", compare)
 
     def timing():
         _needs(state, "seg_models", "seg_synth")
-        import numpy as np
-        import torch
-
-        from hpa_kit.segment import predict_maps
-        from hpa_kit.segment.networks import network_inputs
-
         base = [s.image for s in state["seg_synth"]]
         images = [base[k % len(base)] for k in range(sizes.seg_time_images)]
-        nuclei, cell = state["seg_models"]
-        _reset_peak(device)
-        whole = _rate(
-            lambda: predict_maps(
-                images, nuclei, cell, scale=0.25, batch_size=sizes.seg_batch, device=device
-            ),
-            len(images),
-            sizes.min_seconds,
-            device,
-        )
-        prep = _rate(
-            lambda: network_inputs(images[0], scale=0.25), 1, sizes.min_seconds / 2, device
-        )
-        n_in, c_in, _ = network_inputs(images[0], scale=0.25)
-        batch_n = torch.from_numpy(np.stack([n_in] * sizes.seg_batch)).to(device)
-        batch_c = torch.from_numpy(np.stack([c_in] * sizes.seg_batch)).to(device)
-
-        def forward():
-            with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=on_cuda):
-                nuclei(batch_n)
-                cell(batch_c)
-
-        fwd = _rate(forward, sizes.seg_batch, sizes.min_seconds, device)
-        metrics = {
-            "image_px": sizes.seg_image,
-            "input": f"{sizes.seg_batch}x3x{n_in.shape[1]}x{n_in.shape[2]}",
-            "predict_maps_s_per_image": round(whole["s_per_item"], 4),
-            "forward_both_s_per_image": round(fwd["s_per_item"], 5),
-            "cpu_prep_s_per_image": round(prep["s_per_item"], 4),
-            "peak_mib": _peak_mib(device),
+        rows = {
+            f"batch_{batch}": _seg_rates(state["seg_models"], images, batch, sizes, device)
+            for batch in sizes.seg_batches
         }
+        lines = [f"batch {k.split('_')[1]}: {_seg_line(row)}" for k, row in rows.items()]
+        metrics = {"image_px": sizes.seg_image, **rows}
         detail = (
-            f"{device}, STAND-IN networks (width {sizes.seg_width}), not hpacellseg's: "
-            f"predict_maps {whole['s_per_item'] * 1e3:.1f} ms/image incl. CPU prep, "
-            f"forward of both {fwd['s_per_item'] * 1e3:.2f} ms/image"
+            f"{device}, cost-faithful stand-ins (both networks, maps at scale 0.25), "
+            "ms per image: " + "; ".join(lines)
         )
-        return True, detail, metrics
+        return any("error" not in row for row in rows.values()), detail, metrics
 
-    results.run("seg", "time per image (stand-ins)", timing)
+    results.run("seg", "time per image (stand-ins), by batch and precision", timing)
 
     def end_to_end():
         _needs(state, "seg_models", "seg_synth")
@@ -1063,7 +1041,6 @@ def section_predict(
             raise Skip("no classifier checkpoint from the train or cls checks")
         if state.get("seg_folder") is None:
             raise Skip("no stand-in segmentation weights from the seg checks")
-        standin_class()
         segmenter = NetworkSegmenter.from_dir(
             state["seg_folder"],
             device,

@@ -4,8 +4,9 @@ Input: an ``HxWxC`` uint8 image whose channels are named by ``channels`` (3 = re
 blue; 4 = red, green, blue, yellow; or an explicit tuple of names). Output of a pipeline
 called as ``pipeline(image=image)["image"]``: a ``CxSxS`` float32 ``torch.Tensor``,
 normalised per channel as ``(x / 255 - mean) / std`` with the
-:data:`hpa_kit.model.CHANNEL_MEAN` / :data:`~hpa_kit.model.CHANNEL_STD` values of those
-channels unless ``mean`` / ``std`` are given (REFERENCE.md section 2).
+:data:`hpa_kit.io.CHANNEL_MEAN` / :data:`~hpa_kit.io.CHANNEL_STD` values of those
+channels unless ``mean`` / ``std`` are given (REFERENCE.md section 2; names and values are
+checked by :func:`hpa_kit.io.check_channels` and :func:`~hpa_kit.io.check_normalisation`).
 
 Train, in order: Resize(S) -> RandomScale(+-0.2, always) -> PadIfNeeded(S, constant 0) ->
 RandomCrop(S) -> RandomBrightnessContrast(p=0.8) -> HorizontalFlip(0.5) -> VerticalFlip(0.5) ->
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from hpa_kit.model import CHANNEL_MEAN, CHANNEL_STD
+from hpa_kit.io import CHANNELS, check_channels, check_normalisation
 
 __all__ = [
     "RGB",
@@ -45,8 +46,8 @@ __all__ = [
     "val_transform",
 ]
 
-RGB: tuple[str, ...] = ("red", "green", "blue")
-RGBY: tuple[str, ...] = ("red", "green", "blue", "yellow")
+RGBY: tuple[str, ...] = CHANNELS
+RGB: tuple[str, ...] = CHANNELS[:3]
 
 ChannelsArg = int | Sequence[str]
 
@@ -65,28 +66,7 @@ def channel_names(channels: ChannelsArg) -> tuple[str, ...]:
         if channels == 4:
             return RGBY
         raise ValueError(f"channels must be 3 (RGB), 4 (RGBY) or a tuple of names, got {channels}")
-    if isinstance(channels, str):
-        raise ValueError(f"channels must be a sequence of names, not the string {channels!r}")
-    names = tuple(channels)
-    unknown = [c for c in names if c not in CHANNEL_MEAN]
-    if not names or unknown or len(set(names)) != len(names):
-        raise ValueError(f"channels must be distinct names from {tuple(CHANNEL_MEAN)}, got {names}")
-    return names
-
-
-def _mean_std(
-    names: tuple[str, ...], mean: Sequence[float] | None, std: Sequence[float] | None
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    mean_t = tuple(CHANNEL_MEAN[c] for c in names) if mean is None else tuple(map(float, mean))
-    std_t = tuple(CHANNEL_STD[c] for c in names) if std is None else tuple(map(float, std))
-    if len(mean_t) != len(names) or len(std_t) != len(names):
-        raise ValueError(
-            f"mean and std need one value per channel ({len(names)}: {names}), "
-            f"got {len(mean_t)} and {len(std_t)}"
-        )
-    if any(s <= 0 for s in std_t):
-        raise ValueError(f"std values must be positive, got {std_t}")
-    return mean_t, std_t
+    return check_channels(channels)
 
 
 def _albumentations():
@@ -107,6 +87,13 @@ def _check_size(size: int) -> int:
     return int(size)
 
 
+def _normalise_to_tensor(channels: ChannelsArg, mean, std) -> list[Any]:
+    """The last two steps of both pipelines: Normalize (checked values) -> tensor."""
+    A, ToTensorV2 = _albumentations()
+    mean_t, std_t = check_normalisation(channel_names(channels), mean, std)
+    return [A.Normalize(mean=mean_t, std=std_t, max_pixel_value=255.0), ToTensorV2()]
+
+
 def train_transform(
     size: int,
     *,
@@ -123,9 +110,9 @@ def train_transform(
     """
     import cv2
 
-    A, ToTensorV2 = _albumentations()
     size = _check_size(size)
-    mean_t, std_t = _mean_std(channel_names(channels), mean, std)
+    tail = _normalise_to_tensor(channels, mean, std)
+    A, _ = _albumentations()
     return A.Compose(
         [
             A.Resize(size, size),
@@ -136,8 +123,7 @@ def train_transform(
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
             A.Rotate(border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5),
-            A.Normalize(mean=mean_t, std=std_t, max_pixel_value=255.0),
-            ToTensorV2(),
+            *tail,
         ]
     )
 
@@ -157,16 +143,10 @@ def val_transform(
     >>> round(float(out[0, 0, 0]), 4)  # (1 - 0.0807) / 0.1481
     6.2073
     """
-    A, ToTensorV2 = _albumentations()
     size = _check_size(size)
-    mean_t, std_t = _mean_std(channel_names(channels), mean, std)
-    return A.Compose(
-        [
-            A.Resize(size, size),
-            A.Normalize(mean=mean_t, std=std_t, max_pixel_value=255.0),
-            ToTensorV2(),
-        ]
-    )
+    tail = _normalise_to_tensor(channels, mean, std)
+    A, _ = _albumentations()
+    return A.Compose([A.Resize(size, size), *tail])
 
 
 def seed_pipeline(pipeline: Any, seed: int) -> Any:

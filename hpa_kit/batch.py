@@ -19,11 +19,34 @@ failed:
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BatchReport"]
+__all__ = ["BatchReport", "allowed_failures"]
+
+
+def allowed_failures(limit: float, total: int) -> int:
+    """How many of ``total`` ids may fail under ``limit``: below 1, a fraction of ``total``
+    (rounded down); from 1, a count of ids (a whole number). Raises
+    :class:`hpa_kit.errors.UsageError` for anything else (negative, not finite, 2.5).
+
+    >>> allowed_failures(0.05, 100), allowed_failures(0.05, 10), allowed_failures(3, 10)
+    (5, 0, 3)
+    >>> allowed_failures(0, 7), allowed_failures(1.0, 7), allowed_failures(0.999, 7)
+    (0, 1, 6)
+    """
+    from hpa_kit.errors import UsageError
+
+    bad = isinstance(limit, bool) or not isinstance(limit, (int, float))
+    if bad or not math.isfinite(limit) or limit < 0 or (limit >= 1 and limit != int(limit)):
+        raise UsageError(
+            f"max_failures must be a fraction in [0, 1) or a whole count >= 1, got {limit!r}"
+        )
+    if limit >= 1:
+        return int(limit)
+    return math.floor(limit * total)
 
 
 @dataclass
@@ -61,6 +84,14 @@ class BatchReport:
     def add_failure(self, image_id: str, cause: str) -> None:
         self._check_new(image_id)
         self.failed[image_id] = cause
+
+    def add_result(self, image_id: str, error: str | None) -> None:
+        """Done when ``error`` is ``None``, else failed with that cause (a job runner's
+        :class:`hpa_kit.runner.JobResult` gives both)."""
+        if error is None:
+            self.add_done(image_id)
+        else:
+            self.add_failure(image_id, error)
 
     @property
     def ok(self) -> bool:

@@ -82,10 +82,16 @@ def run_command(
     """``func(args)`` as an exit status; an expected failure becomes one line on stderr.
 
     :class:`hpa_kit.errors.HpaKitError` gives its ``exit_code`` (2 usage, 1 runtime), an
-    ``OSError`` 1, an interrupt 130, anything else 1 with a hint; ``debug`` re-raises instead.
+    ``OSError`` 1, an interrupt 130, a closed output pipe 141 (silently, as shells report
+    SIGPIPE), anything else 1 with a hint; ``debug`` re-raises instead.
     """
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `hpa-kit score ... | head`: the reader left; no message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         if debug:
             raise

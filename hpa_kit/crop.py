@@ -14,7 +14,8 @@ Data contract:
   bounding box, ``windows`` the square that was cut (it may reach outside the image).
 
 Per-cell work goes through :func:`scipy.ndimage.find_objects` slices: no full-image mask per
-cell is ever built.
+cell is ever built. :func:`write_cell_crops` segments a table of images and writes each cell's
+crop as an image of its own, labelled with its image's labels (the weak labels of training).
 
 >>> import numpy as np
 >>> image = np.arange(1, 17, dtype=np.uint8).reshape(4, 4, 1)
@@ -31,11 +32,17 @@ cell is ever built.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["CellCrops", "crop_cells", "square_window"]
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+__all__ = ["CellCrops", "crop_cells", "square_window", "write_cell_crops"]
 
 
 class CellCrops(NamedTuple):
@@ -171,3 +178,81 @@ def crop_cells(
         boxes=np.asarray(boxes, dtype=np.int64).reshape(-1, 4),
         windows=np.asarray(windows, dtype=np.int64).reshape(-1, 4),
     )
+
+
+def write_cell_crops(
+    images_dir: str | os.PathLike,
+    table: pd.DataFrame,
+    out: str | os.PathLike,
+    *,
+    segmenter: Any,
+    size: int,
+    margin: float = 0.1,
+    channels: Sequence[str] = ("red", "green", "blue"),
+    progress: bool = False,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Segment each image of ``table`` (``ID``, ``Label``, optional ``fold``) and write every
+    cell's crop as an image of its own, labelled with its image's labels (weak labels).
+
+    Images are read from ``images_dir`` (all four channels, :func:`hpa_kit.io.read_image`) and
+    segmented by ``segmenter`` (a :class:`hpa_kit.segment.Segmenter`). Crops are cut as the
+    predictor cuts them (:func:`crop_cells`, ``size``, ``margin``, other cells masked) and
+    written as ``out/{image}_c{cell:04d}_{color}.png`` for each of ``channels``.
+    Returns ``(crops table with ID, Label, image and fold if given, failures id -> cause)``;
+    an image that cannot be read, or in which no cell is found, is recorded as a failure and
+    the others go on.
+    """
+    import pandas as pd
+
+    from hpa_kit.io import CHANNELS, check_channels
+    from hpa_kit.progress import progress_bar
+
+    channels = check_channels(channels)
+    index = [CHANNELS.index(c) for c in channels]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+    has_fold = "fold" in table.columns
+    records = table.to_dict("records")
+    for record in progress_bar(records, enabled=progress, desc="crops", unit="image"):
+        image_id = str(record["ID"])
+        try:
+            cell_ids = _write_image_crops(
+                images_dir, image_id, out, segmenter, size=size, margin=margin, index=index
+            )
+        except (OSError, ValueError) as exc:
+            failures[image_id] = f"{type(exc).__name__}: {exc}"
+            continue
+        for cell in cell_ids:
+            row = {"ID": f"{image_id}_c{cell:04d}", "Label": record["Label"], "image": image_id}
+            if has_fold:
+                row["fold"] = int(record["fold"])
+            rows.append(row)
+    columns = ["ID", "Label", "image"] + (["fold"] if has_fold else [])
+    return pd.DataFrame(rows, columns=columns), failures
+
+
+def _write_image_crops(
+    images_dir: str | os.PathLike,
+    image_id: str,
+    out: Path,
+    segmenter: Any,
+    *,
+    size: int,
+    margin: float,
+    index: Sequence[int],
+) -> list[int]:
+    """Segment one image and write its cells' crops (the channels at ``index`` of
+    :data:`hpa_kit.io.CHANNELS`); returns the cell ids written."""
+    from hpa_kit.io import CHANNELS, read_image, write_channels
+
+    channels = tuple(CHANNELS[i] for i in index)
+    image = read_image(images_dir, image_id, channels=CHANNELS)
+    _, cells = segmenter.segment([image])[0]
+    result = crop_cells(image, cells, size=size, margin=margin, mask_others=True)
+    if not result.cell_ids.size:
+        raise ValueError("no cell found")
+    for cell, crop in zip(result.cell_ids, result.crops, strict=True):
+        write_channels(out, f"{image_id}_c{int(cell):04d}", crop[..., index], channels=channels)
+    return [int(cell) for cell in result.cell_ids]

@@ -33,10 +33,16 @@ of :func:`hpa_kit.io.to_uint8` (``(v + 128) // 257``), area-resized to ``size`` 
   An id that was interrupted fetches only its missing channels.
 - Labels: ``labels_csv`` (default ``dst/labels.csv``) gets ``ID,Label`` (``|``-joined
   ascending indices) for every selected id whose four PNGs exist at the end, in list order.
+  It is written atomically (:func:`hpa_kit.outputs.atomic_write_text`), and an existing file
+  that is not such a labels CSV is refused (:class:`hpa_kit.errors.UsageError`), never
+  overwritten. The leftover temporary file of a killed write (the labels CSV or a PNG) is
+  removed by the next run's first write into its folder (:func:`hpa_kit.outputs.atomic_path`).
+- Threads: the downloads run through :func:`hpa_kit.runner.run_jobs` (``workers`` threads).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import http.client
 import os
@@ -46,7 +52,6 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,8 +59,11 @@ import numpy as np
 import pandas as pd
 
 from hpa_kit.batch import BatchReport
+from hpa_kit.errors import UsageError
 from hpa_kit.folds import canonical_labels
 from hpa_kit.labels import LabelError
+from hpa_kit.prepare import MAX_SIDE
+from hpa_kit.runner import check_number
 
 __all__ = [
     "CELL_LINES",
@@ -100,6 +108,8 @@ _RETRY_STATUS = frozenset({408, 429})
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 _ALREADY_DONE = "already done"
+_MAX_ATTEMPTS = 100
+_MAX_SECONDS = 3600.0  # an hour per request or per wait is already more than patient
 
 
 class DownloadError(OSError):
@@ -123,15 +133,10 @@ class RetryPolicy:
     timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
-            raise ValueError(f"attempts must be an int, got {self.attempts!r}")
-        if self.attempts < 1:
-            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
-        if self.backoff < 0 or self.max_backoff < 0 or self.timeout <= 0:
-            raise ValueError(
-                f"backoff and max_backoff must be >= 0 and timeout > 0, got {self.backoff}, "
-                f"{self.max_backoff}, {self.timeout}"
-            )
+        check_number("attempts", self.attempts, low=1, high=_MAX_ATTEMPTS, integer=True)
+        check_number("backoff", self.backoff, low=0, high=_MAX_SECONDS)
+        check_number("max_backoff", self.max_backoff, low=0, high=_MAX_SECONDS)
+        check_number("timeout", self.timeout, low=0, high=_MAX_SECONDS, above=True)
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry ``retry + 1``."""
@@ -157,18 +162,18 @@ class PublicSelection:
 def read_public_list(path: str | os.PathLike) -> pd.DataFrame:
     """The public image list as a table of strings (tab- or comma-separated, sniffed).
 
-    Raises ``FileNotFoundError`` or ``ValueError`` naming the missing columns.
+    Raises :class:`hpa_kit.errors.UsageError` when the file is missing or lacks a column.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"public image list not found: {path}")
+        raise UsageError(f"public image list not found: {path}")
     with path.open(newline="") as handle:
         header = handle.readline()
     sep = "\t" if "\t" in header else ","
     table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     missing = [c for c in _REQUIRED if c not in table.columns]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(table.columns)}; "
             f"separator {sep!r})"
         )
@@ -199,7 +204,7 @@ def select_public_images(
     """
     missing = [c for c in _REQUIRED if c not in table.columns]
     if missing:
-        raise ValueError(f"public image list lacks column(s) {', '.join(missing)}")
+        raise UsageError(f"public image list lacks column(s) {', '.join(missing)}")
     lines = set(cell_lines)
     rejected: dict[str, str] = {}
     excluded = 0
@@ -316,42 +321,39 @@ def decode_tif_gz(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
 
 
 def _download_one(
-    image_id: str,
-    stem: str,
     dst: Path,
     size: int,
     base_url: str | None,
     retry: RetryPolicy,
     sleep: Callable[[float], None],
-) -> str | None:
-    """Fetch the missing channels of one id; ``None`` or the cause of the failure."""
-    import cv2
+    image_id: str,
+    stem: str,
+) -> None:
+    """Fetch the missing channels of one id (an error is recorded by the runner)."""
+    from hpa_kit.io import CHANNELS, channel_path, resize_area, to_uint8, write_channels
 
-    from hpa_kit.io import CHANNELS, ImageError, channel_path, resize_area, to_uint8, write_channels
-
-    try:
-        for color in CHANNELS:
-            if channel_path(dst, image_id, color).exists():
-                continue
-            url = public_image_url(stem, color, base_url=base_url)
-            plane = decode_tif_gz(fetch_bytes(url, retry=retry, sleep=sleep), source=url)
-            small = resize_area(to_uint8(plane), size)
-            write_channels(dst, image_id, small[:, :, None], channels=(color,))
-    except (ImageError, OSError, ValueError, cv2.error) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    for color in CHANNELS:
+        if channel_path(dst, image_id, color).exists():
+            continue
+        url = public_image_url(stem, color, base_url=base_url)
+        plane = decode_tif_gz(fetch_bytes(url, retry=retry, sleep=sleep), source=url)
+        small = resize_area(to_uint8(plane), size)
+        write_channels(dst, image_id, small[:, :, None], channels=(color,))
 
 
-def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        frame.to_csv(temp, index=False)
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
-    return path
+def _check_labels_csv(path: Path) -> None:
+    """The labels CSV can be written, and an existing one is ours (``ID,Label`` header)."""
+    from hpa_kit.outputs import check_output_file
+
+    check_output_file(path, what="the labels CSV")
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:
+            first = handle.readline(4096).strip()
+        if first != b"ID,Label":
+            raise UsageError(
+                f"the labels CSV {path} exists and is not one (its first line is not ID,Label); "
+                "it is left untouched: pass another --labels-csv"
+            )
 
 
 def download_public(
@@ -372,20 +374,21 @@ def download_public(
     ``https://images.proteinatlas.org`` in the stems (a mirror, a test server). Returns a
     :class:`~hpa_kit.batch.BatchReport`: done (fetched now), skipped (``"already done"``) and
     failed (id -> cause, rejected list rows included). Writes ``labels_csv`` (default
-    ``dst/labels.csv``) even when some ids failed.
+    ``dst/labels.csv``) even when some ids failed. Bad options, a missing list and a labels
+    CSV that cannot be written raise :class:`hpa_kit.errors.UsageError` before any request.
     """
     from hpa_kit.io import CHANNELS, channel_path
-    from hpa_kit.progress import progress_bar
+    from hpa_kit.outputs import atomic_write_text
+    from hpa_kit.runner import MAX_WORKERS, RunnerOptions, Stage, run_jobs
 
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    check_number("size", size, low=1, high=MAX_SIDE, integer=True)
+    check_number("workers", workers, low=1, high=MAX_WORKERS, integer=True)
     table = list_tsv if isinstance(list_tsv, pd.DataFrame) else read_public_list(list_tsv)
     selection = select_public_images(table)
     dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
     labels_path = dst / "labels.csv" if labels_csv is None else Path(labels_csv)
+    dst.mkdir(parents=True, exist_ok=True)
+    _check_labels_csv(labels_path)
 
     def complete(image_id: str) -> bool:
         return all(channel_path(dst, image_id, c).exists() for c in CHANNELS)
@@ -393,36 +396,24 @@ def download_public(
     report = BatchReport()
     for key, cause in selection.rejected.items():
         report.add_failure(key, cause)
-    todo: list[tuple[str, str]] = []
+    todo: dict[str, str] = {}
     for image_id, stem in zip(selection.images["ID"], selection.images["Image"], strict=True):
         if complete(image_id):
             report.add_skipped(image_id, _ALREADY_DONE)
         else:
-            todo.append((image_id, stem))
-
-    bar = progress_bar(total=len(todo), enabled=progress, desc="download-public", unit="image")
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hpa-download")
-    try:
-        futures: dict[Future, str] = {
-            pool.submit(_download_one, image_id, stem, dst, size, base_url, retry, time.sleep): (
-                image_id
-            )
-            for image_id, stem in todo
-        }
-        for future in as_completed(futures):
-            cause = future.result()
-            if cause is None:
-                report.add_done(futures[future])
-            else:
-                report.add_failure(futures[future], cause)
-            bar.update()
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: drop queued ids, finish running
-        raise
-    finally:
-        pool.shutdown(wait=True)
-        bar.close()
+            todo[image_id] = stem
+    options = RunnerOptions(
+        workers=workers,
+        executor="thread",
+        ordered=False,
+        progress=progress,
+        desc="download-public",
+        unit="image",
+    )
+    job = [Stage(functools.partial(_download_one, dst, size, base_url, retry, time.sleep))]
+    for result in run_jobs(todo, job, options):
+        report.add_result(result.id, result.error)
 
     finished = selection.images[[complete(i) for i in selection.images["ID"]]]
-    _write_csv_atomic(finished[["ID", "Label"]].reset_index(drop=True), labels_path)
+    atomic_write_text(labels_path, finished[["ID", "Label"]].to_csv(index=False))
     return report

@@ -28,6 +28,7 @@ True
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -174,29 +175,64 @@ def balance_folds(folds: np.ndarray, y: np.ndarray, *, n_splits: int) -> np.ndar
     sizes = np.bincount(fold, minlength=k)
     if sizes.max() - sizes.min() <= 1:
         return fold
-    n = len(fold)
-    patterns, pattern = _label_sets(bits)  # (P, C) distinct label sets, (N,) set of each row
-    rows_of = np.split(np.argsort(pattern, kind="stable"), np.cumsum(np.bincount(pattern))[:-1])
-    # first[f, p]: lowest row of label set p in fold f (n when there is none).
-    first = np.full((k, len(patterns)), n, dtype=np.int64)
-    np.minimum.at(first, (fold, pattern), np.arange(n))
-    # dev = k * D, in integers; weight = 1 / count_c (0 for an absent class).
-    dev = np.zeros((k, bits.shape[1]), dtype=np.int64)
-    np.add.at(dev, fold, k * bits)
-    totals = bits.sum(axis=0)
-    dev -= totals
-    weight = np.divide(1.0, totals, out=np.zeros(len(totals)), where=totals > 0)
+    state = _Balance.of(fold, bits, k)
+    _move_rows(state, sizes)
+    _swap_rows(state)
+    return state.fold
 
-    def relocate(row: int, dest: int) -> None:
-        src, p = fold[row], pattern[row]
-        fold[row] = dest
-        dev[src] -= k * patterns[p]
-        dev[dest] += k * patterns[p]
-        first[dest, p] = min(first[dest, p], row)
-        if first[src, p] == row:
-            left = rows_of[p][fold[rows_of[p]] == src]
-            first[src, p] = left[0] if len(left) else n
 
+@dataclass
+class _Balance:
+    """Folds being balanced, with the per-label-set indexes both greedy steps update.
+
+    ``patterns`` (P, C): the distinct label sets; ``pattern`` (N,): each row's set;
+    ``rows_of[p]``: the rows of set p; ``first[f, p]``: the lowest row of set p in fold f
+    (``n`` when there is none); ``dev = k * D`` in integers; ``weight``: ``1 / count_c``
+    (0 for an absent class).
+    """
+
+    fold: np.ndarray
+    k: int
+    patterns: np.ndarray
+    pattern: np.ndarray
+    rows_of: list[np.ndarray]
+    first: np.ndarray
+    dev: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def of(cls, fold: np.ndarray, bits: np.ndarray, k: int) -> _Balance:
+        n = len(fold)
+        patterns, pattern = _label_sets(bits)
+        rows_of = np.split(np.argsort(pattern, kind="stable"), np.cumsum(np.bincount(pattern))[:-1])
+        first = np.full((k, len(patterns)), n, dtype=np.int64)
+        np.minimum.at(first, (fold, pattern), np.arange(n))
+        dev = np.zeros((k, bits.shape[1]), dtype=np.int64)
+        np.add.at(dev, fold, k * bits)
+        totals = bits.sum(axis=0)
+        dev -= totals
+        weight = np.divide(1.0, totals, out=np.zeros(len(totals)), where=totals > 0)
+        return cls(fold, k, patterns, pattern, rows_of, first, dev, weight)
+
+    @property
+    def n(self) -> int:
+        return len(self.fold)
+
+    def relocate(self, row: int, dest: int) -> None:
+        """Move ``row`` to fold ``dest`` and update the indexes."""
+        src, p = self.fold[row], self.pattern[row]
+        self.fold[row] = dest
+        self.dev[src] -= self.k * self.patterns[p]
+        self.dev[dest] += self.k * self.patterns[p]
+        self.first[dest, p] = min(self.first[dest, p], row)
+        if self.first[src, p] == row:
+            left = self.rows_of[p][self.fold[self.rows_of[p]] == src]
+            self.first[src, p] = left[0] if len(left) else self.n
+
+
+def _move_rows(state: _Balance, sizes: np.ndarray) -> None:
+    """Step 1 of :func:`balance_folds`: the cheapest moves until every fold has its target."""
+    k, n, dev, first, fold = state.k, state.n, state.dev, state.first, state.fold
     target = np.full(k, n // k, dtype=np.int64)
     target[np.argsort(-sizes, kind="stable")[: n % k]] += 1
     while (excess := np.bincount(fold, minlength=k) - target).max() > 0:
@@ -205,15 +241,19 @@ def balance_folds(folds: np.ndarray, y: np.ndarray, *, n_splits: int) -> np.ndar
         for src in np.flatnonzero(excess > 0):
             # cost[p, j]: change of the statistic (in units of 2 / k) when a row of set p
             # moves from src to sinks[j].
-            cost = _ties(patterns @ ((dev[sinks] - dev[src] + k) * weight).T)
+            cost = _ties(state.patterns @ ((dev[sinks] - dev[src] + k) * state.weight).T)
             cost[first[src] == n] = np.inf
             rows = np.broadcast_to(first[src][:, None], cost.shape)
             dests = np.broadcast_to(sinks[None, :], cost.shape)
             i = np.lexsort((dests.ravel(), rows.ravel(), cost.ravel()))[0]
             candidate = (float(cost.flat[i]), int(rows.flat[i]), int(dests.flat[i]))
             best = candidate if best is None or candidate < best else best
-        relocate(best[1], best[2])
+        state.relocate(best[1], best[2])
 
+
+def _swap_rows(state: _Balance) -> None:
+    """Step 2 of :func:`balance_folds`: the best one-for-one exchanges while they help."""
+    k, n, patterns, weight = state.k, state.n, state.patterns, state.weight
     # cost[p, q] (units of 2 / k) of trading a row of set p in fold f for a row of set q in
     # fold g: with v = P_p - P_q, sum_c w_c (v_c k (D[g, c] - D[f, c]) + k v_c ** 2).
     square = patterns @ weight
@@ -222,8 +262,8 @@ def balance_folds(folds: np.ndarray, y: np.ndarray, *, n_splits: int) -> np.ndar
     for _ in range(n):  # each exchange lowers the statistic: this bound is never reached
         best = None  # (cost, row in f, row in g)
         for f, g in pairs:
-            here, there = first[f] < n, first[g] < n
-            gap = (dev[g] - dev[f]) * weight
+            here, there = state.first[f] < n, state.first[g] < n
+            gap = (state.dev[g] - state.dev[f]) * weight
             cost = _ties(
                 base[np.ix_(here, there)]
                 + (patterns[here] @ gap)[:, None]
@@ -233,17 +273,16 @@ def balance_folds(folds: np.ndarray, y: np.ndarray, *, n_splits: int) -> np.ndar
             if low >= 0 or (best is not None and low > best[0]):
                 continue
             a, b = np.nonzero(cost == low)
-            row_f, row_g = first[f][here][a], first[g][there][b]
+            row_f, row_g = state.first[f][here][a], state.first[g][there][b]
             i = np.lexsort((row_g, row_f))[0]
             candidate = (float(low), int(row_f[i]), int(row_g[i]))
             best = candidate if best is None or candidate < best else best
         if best is None:
-            break
+            return
         _, row_f, row_g = best
-        f, g = fold[row_f], fold[row_g]
-        relocate(row_f, g)
-        relocate(row_g, f)
-    return fold
+        f, g = state.fold[row_f], state.fold[row_g]
+        state.relocate(row_f, g)
+        state.relocate(row_g, f)
 
 
 def _label_sets(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,9 @@ Data contract
   order requested; the default order is :data:`CHANNELS` (RGBY). ``channels=("red", "green",
   "blue")`` gives an RGB image.
 - A *channel* is a 2-D ``(height, width)`` ``uint8`` array.
+- Channel names are checked once, here (:func:`check_channels`); so is a network input's
+  per-channel normalisation ``(x / 255 - mean) / std`` (:func:`check_normalisation`; the seed's
+  values :data:`CHANNEL_MEAN` / :data:`CHANNEL_STD`, fractions of 255, REFERENCE.md section 2).
 - A *label image* is a 2-D ``int32`` array, 0 = background, 1..N = cells. On disk it is a
   greyscale PNG, 8- or 16-bit when read, always 16-bit when written (so at most 65535 cells).
 - Sizes are ``(height, width)``; an int ``n`` means ``(n, n)``.
@@ -47,21 +50,27 @@ All errors are :class:`ImageError` (a ``ValueError``) subclasses and name the fi
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from hpa_kit.outputs import atomic_path  # re-exported: the one home of atomic writes
+
 __all__ = [
     "CHANNELS",
+    "CHANNEL_MEAN",
+    "CHANNEL_STD",
     "ChannelMismatchError",
     "CorruptImageError",
     "ImageError",
     "ImageShapeError",
     "MissingChannelError",
     "MissingImageError",
+    "atomic_path",
     "channel_path",
+    "check_channels",
+    "check_normalisation",
     "list_image_ids",
     "read_channel",
     "read_image",
@@ -74,6 +83,9 @@ __all__ = [
 ]
 
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+# Per-channel normalisation of the seed solution, as fractions of 255 (REFERENCE.md section 2).
+CHANNEL_MEAN: dict[str, float] = {"red": 0.0807, "green": 0.0524, "blue": 0.0539, "yellow": 0.0810}
+CHANNEL_STD: dict[str, float] = {"red": 0.1481, "green": 0.1095, "blue": 0.1565, "yellow": 0.2729}
 
 _MAX_LABEL = 65535
 _RESIZE_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
@@ -186,14 +198,71 @@ def channel_path(
     return Path(folder) / f"{image_id}_{color}{ext}"
 
 
-def _check_channels(channels: Sequence[str]) -> tuple[str, ...]:
+def check_channels(channels: Sequence[str], *, repeats: bool = False) -> tuple[str, ...]:
+    """``channels`` as a tuple: a non-empty sequence of names from :data:`CHANNELS`, each once.
+
+    ``repeats=True`` lets a name come back (reading a plane twice is harmless). Raises
+    ``ValueError`` naming what was given.
+
+    >>> check_channels(["green", "blue"])
+    ('green', 'blue')
+    >>> check_channels(("blue", "blue"), repeats=True)
+    ('blue', 'blue')
+    >>> check_channels(("red", "red"))
+    Traceback (most recent call last):
+    ...
+    ValueError: channels must be distinct, got ('red', 'red')
+    >>> check_channels(("red", "magenta"))
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown channels ['magenta']; known: ('red', 'green', 'blue', 'yellow')
+    """
     if isinstance(channels, str) or not all(isinstance(c, str) for c in channels):
         raise ValueError(
             f"channels must be a sequence of colour names such as {CHANNELS}, got {channels!r}"
         )
-    if len(channels) == 0:
+    names = tuple(channels)
+    if not names:
         raise ValueError("channels is empty")
-    return tuple(channels)
+    unknown = [c for c in names if c not in CHANNELS]
+    if unknown:
+        raise ValueError(f"unknown channels {unknown}; known: {CHANNELS}")
+    if not repeats and len(set(names)) != len(names):
+        raise ValueError(f"channels must be distinct, got {names}")
+    return names
+
+
+def check_normalisation(
+    channels: Sequence[str],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of a network input with these ``channels``, one float per channel.
+
+    Fractions of 255, used as ``(x / 255 - mean) / std``. Either left as ``None`` takes the
+    seed's values of those channels (:data:`CHANNEL_MEAN`, :data:`CHANNEL_STD`); given ones need
+    one value per channel, and every ``std`` must be positive.
+
+    >>> check_normalisation(("green", "blue"))
+    ((0.0524, 0.0539), (0.1095, 0.1565))
+    >>> check_normalisation(("red",), mean=[0.5], std=(0.25,))
+    ((0.5,), (0.25,))
+    >>> check_normalisation(("red", "green"), std=(0.1, 0.0))
+    Traceback (most recent call last):
+    ...
+    ValueError: std values must be positive, got (0.1, 0.0)
+    """
+    names = check_channels(channels)
+    mean_t = tuple(CHANNEL_MEAN[c] for c in names) if mean is None else tuple(map(float, mean))
+    std_t = tuple(CHANNEL_STD[c] for c in names) if std is None else tuple(map(float, std))
+    if len(mean_t) != len(names) or len(std_t) != len(names):
+        raise ValueError(
+            f"mean and std need one value per channel ({len(names)}: {names}), "
+            f"got {len(mean_t)} and {len(std_t)}"
+        )
+    if not all(s > 0 for s in std_t):
+        raise ValueError(f"std values must be positive, got {std_t}")
+    return mean_t, std_t
 
 
 def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -255,7 +324,7 @@ def read_image(
     path), :class:`CorruptImageError`, :class:`ImageShapeError` or
     :class:`ChannelMismatchError` (naming the id and every channel's shape).
     """
-    channels = _check_channels(channels)
+    channels = check_channels(channels, repeats=True)
     target = None if size is None else size_pair(size)
     planes: dict[str, np.ndarray] = {}
     for color in channels:
@@ -274,12 +343,8 @@ def read_image(
 
 
 def _atomic_imwrite(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temporary name in the same folder (same file system, so the rename is atomic);
-    # it keeps the suffix because OpenCV picks the format from it.
-    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
     cv2 = _cv2()
-    try:
+    with atomic_path(path) as temp:
         try:
             written = cv2.imwrite(str(temp), array)
         except cv2.error as error:
@@ -288,10 +353,6 @@ def _atomic_imwrite(path: Path, array: np.ndarray) -> Path:
             ) from error
         if not written:
             raise ImageError(f"OpenCV could not write {path} (shape {array.shape}, {array.dtype})")
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
     return path
 
 
@@ -305,9 +366,11 @@ def write_channels(
 ) -> list[Path]:
     """Write an HxWxC ``uint8`` image as one greyscale file per channel; returns the paths.
 
-    Each file is written under a temporary name and renamed, so a reader never sees half a file.
+    Each file is written under a temporary name and renamed (:func:`atomic_path`, from
+    :mod:`hpa_kit.outputs`), so a reader never sees half a file; the leftovers of a killed
+    write are removed by a later run's first write into ``folder``.
     """
-    channels = _check_channels(channels)
+    channels = check_channels(channels)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != len(channels) or image.dtype != np.uint8:
         raise ImageShapeError(

@@ -19,7 +19,9 @@ __all__ = [
     "CLASS_NAMES",
     "NEGATIVE",
     "NUM_CLASSES",
+    "SHORT_NAMES",
     "LabelError",
+    "class_index",
     "format_labels",
     "parse_labels",
     "parse_label_list",
@@ -49,9 +51,49 @@ CLASS_NAMES: tuple[str, ...] = (
 NUM_CLASSES: int = len(CLASS_NAMES)
 NEGATIVE: int = 18
 
+SHORT_NAMES: tuple[str, ...] = (
+    "Nucleopl.",
+    "Nucl.memb.",
+    "Nucleoli",
+    "Fib.center",
+    "Speckles",
+    "Nucl.bod.",
+    "ER",
+    "Golgi",
+    "Int.fil.",
+    "Actin",
+    "Microtub.",
+    "Spindle",
+    "Centros.",
+    "Pl.memb.",
+    "Mitoch.",
+    "Aggresome",
+    "Cytosol",
+    "Vesicles",
+    "Negative",
+)
+"""Names of :data:`CLASS_NAMES` short enough to write on a cell in a picture: distinct, at
+most 10 ASCII characters, no spaces (``SHORT_NAMES[13]`` is ``"Pl.memb."``, plasma
+membrane)."""
+
 
 class LabelError(ValueError):
     """A label string or vector that does not describe classes 0..18."""
+
+
+_CLASS_BY_TEXT = {str(c): c for c in range(NUM_CLASSES)}
+
+
+def class_index(text: str) -> int | None:
+    """The class a token names when written plainly (``"0"`` .. ``"18"``), else None.
+
+    ``int()`` would also read ``"+1"``, ``"01"``, ``"1_0"`` or non-ASCII digits such as
+    ``"\u0661"``; the competition's files hold none of them.
+
+    >>> class_index("18"), class_index("19"), class_index("+1"), class_index("01")
+    (18, None, None, None)
+    """
+    return _CLASS_BY_TEXT.get(text)
 
 
 def parse_label_list(text: str) -> list[int]:
@@ -72,11 +114,11 @@ def parse_label_list(text: str) -> list[int]:
     out: list[int] = []
     for part in parts:
         token = part.strip()
-        if not token.isdigit():
+        value = class_index(token)
+        if value is None and token.isascii() and token.isdigit() and token[0] != "0":
+            raise LabelError(f"class {token} in label string {text!r} is out of range 0..18")
+        if value is None:
             raise LabelError(f"bad class {token!r} in label string {text!r}: expected 0..18")
-        value = int(token)
-        if value >= NUM_CLASSES:
-            raise LabelError(f"class {value} in label string {text!r} is out of range 0..18")
         if value not in out:
             out.append(value)
     return out

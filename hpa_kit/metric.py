@@ -3,7 +3,9 @@
 Rules (REFERENCE.md section 1, the host's re-implementation with the Open Images evaluator):
 
 1. Ground truth comes in the submission's own format, one triplet ``class 1 mask`` per true
-   (cell, class); its confidences are ignored. Truth masks that are empty are dropped.
+   (cell, class); its confidences are ignored. A truth triplet whose mask is empty is not a
+   cell, but its class still counts as present in that image (rule 2), as in the host's
+   evaluator: that image's detections of the class are then false positives, not ignored.
 2. Per image, only the classes present in that image's truth are evaluated: a prediction of
    any other class is ignored (``ignore_absent_classes=True``, the default). With ``False``
    such predictions count as false positives of their class.
@@ -23,12 +25,19 @@ Rules (REFERENCE.md section 1, the host's re-implementation with the Open Images
 IoU is computed on the run-length encodings (``iou="mask"``, pycocotools ``iou``) or on the
 bounding boxes of the masks (``iou="bbox"``, boxes from pycocotools ``toBbox``: a box covers
 whole pixels, ``[col, row, n_cols, n_rows]``). Each image's distinct mask strings are decoded
-once (masks repeat once per class) and one IoU matrix is computed per image.
+once (masks repeat once per class), the submission's a bounded number of bytes at a time, and
+the files are read one row at a time (:func:`hpa_kit.submission.iter_rows`,
+:class:`hpa_kit.submission.RowIndex`), so memory does not grow with the file.
 
-Ties in confidence are broken deterministically with a *stable* sort: within an image, the
-order of the PredictionString; across images, the order of the truth file's rows. (The Open
-Images evaluator sorts with ``np.argsort(scores)[::-1]``, whose order among equal scores is
-not specified; with distinct confidences the two agree.)
+Tie order. Equal confidences are ordered by a *stable* sort: within an image, in the order
+of the PredictionString; across images, in the order of the truth file's rows. So a score
+never depends on the numpy build or on array lengths. The host's evaluator sorts with
+``np.argsort(scores)[::-1]``, whose order among equal scores is unspecified (often the input
+order reversed), per image and class and again after pooling. With distinct confidences the
+two agree; on tie-heavy submissions (an image-level confidence copied to every cell) the order
+moves the mAP by up to about 0.01 (REFERENCE.md reports up to 0.012 against the host's
+order; BENCHMARKS.md has the figure for a reversed order). Break ties yourself (distinct
+confidences) if the exact host order matters.
 
 >>> average_precision([0.9, 0.8, 0.7], [True, False, True], num_truth=2)
 0.8333333333333333
@@ -38,15 +47,21 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hpa_kit.labels import NUM_CLASSES
 from hpa_kit.rle import RLEError, to_coco_rle
-from hpa_kit.submission import SubmissionError, parse_prediction_string, read_submission
+from hpa_kit.submission import (
+    RowIndex,
+    SubmissionError,
+    SubmissionRow,
+    Triplet,
+    iter_rows,
+    parse_prediction_string,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -90,17 +105,20 @@ def match_detections(ious: np.ndarray, *, threshold: float = IOU_THRESHOLD) -> n
     if ious.ndim != 2:
         raise ValueError(f"ious must be 2-D (detections, truth), got shape {ious.shape}")
     n_det, n_gt = ious.shape
-    tp = np.zeros(n_det, dtype=bool)
     if n_gt == 0:
-        return tp
+        return np.zeros(n_det, dtype=bool)
     best = ious.argmax(axis=1)
-    best_iou = ious[np.arange(n_det), best]
-    matched = np.zeros(n_gt, dtype=bool)
-    for i in range(n_det):
-        g = best[i]
-        if best_iou[i] >= threshold and not matched[g]:
+    return _greedy(best, ious[np.arange(n_det), best], threshold)
+
+
+def _greedy(best: np.ndarray, best_iou: np.ndarray, threshold: float) -> np.ndarray:
+    """Rule 5 on each detection's best cell (-1: none) and its IoU, in score order."""
+    tp = np.zeros(best.size, dtype=bool)
+    matched: set[int] = set()
+    for i, (g, value) in enumerate(zip(best.tolist(), best_iou.tolist(), strict=True)):
+        if g >= 0 and value >= threshold and g not in matched:
             tp[i] = True
-            matched[g] = True
+            matched.add(g)
     return tp
 
 
@@ -172,6 +190,8 @@ class ScoreResult:
     """mAP and per-class AP (classes with truth only), with the counts behind them.
 
     ``map`` is NaN when the truth holds no cell at all (``None`` in :meth:`to_dict`).
+    ``extra_ids`` lists the first 10 000 submission ids absent from the truth;
+    ``n_extra_ids`` counts them all.
     """
 
     map: float
@@ -185,6 +205,7 @@ class ScoreResult:
     n_images: int = 0
     missing_ids: tuple[str, ...] = ()
     extra_ids: tuple[str, ...] = field(default=())
+    n_extra_ids: int = 0
 
     def to_dict(self) -> dict:
         """JSON-ready dict (class keys as strings)."""
@@ -200,90 +221,152 @@ class ScoreResult:
             "n_images": self.n_images,
             "missing_ids": list(self.missing_ids),
             "extra_ids": list(self.extra_ids),
+            "n_extra_ids": self.n_extra_ids,
         }
 
 
-def _distinct_rles(
-    triplets: list[tuple[int, float, str]], height: int, width: int, image_id: str, what: str
-) -> tuple[list[dict], list[int], set[int]]:
-    """RLEs of the distinct masks (each decoded once), each triplet's mask index, empty ones."""
+@dataclass(frozen=True)
+class _Options:
+    iou: str
+    threshold: float
+    ignore_absent_classes: bool
+
+
+def _triplets(text: str, row: SubmissionRow, what: str) -> list[Triplet]:
+    try:
+        return parse_prediction_string(text)
+    except SubmissionError as exc:
+        raise SubmissionError(f"{what} {row.image_id} ({row.where}): {exc}") from None
+
+
+def _decoded(text: str, row: SubmissionRow, what: str) -> dict:
+    try:
+        return to_coco_rle(text, row.height, row.width)  # checks it covers h x w, bounded
+    except RLEError as exc:
+        raise SubmissionError(f"{what} {row.image_id}: mask {text[:24]!r}: {exc}") from None
+
+
+def _distinct(triplets: list[Triplet]) -> tuple[list[str], np.ndarray]:
+    """The distinct mask texts (first-seen order) and each triplet's index into them."""
     index: dict[str, int] = {}
-    rles: list[dict] = []
-    where: list[int] = []
-    for _, _, text in triplets:
-        k = index.get(text)
-        if k is None:
-            k = index[text] = len(rles)
-            try:
-                rles.append(to_coco_rle(text, height, width))  # checks it covers h x w
-            except RLEError as exc:
-                raise SubmissionError(f"{what} {image_id}: mask {k}: {exc}") from None
-        where.append(k)
-    if not rles:
-        return rles, where, set()
-    areas = np.asarray(_coco_mask().area(rles)).reshape(-1)
-    return rles, where, set(np.flatnonzero(areas == 0).tolist())
+    where = [index.setdefault(text, len(index)) for _, _, text in triplets]
+    return list(index), np.asarray(where, dtype=np.int64)
 
 
-def _check_classes(triplets: list[tuple[int, float, str]], image_id: str, what: str) -> None:
-    for cls, conf, _ in triplets:
-        if not 0 <= cls < NUM_CLASSES:
-            raise SubmissionError(f"{what} {image_id}: class {cls} out of range 0..18")
-        if what == "submission" and not (math.isfinite(conf) and 0.0 <= conf <= 1.0):
-            raise SubmissionError(f"{what} {image_id}: confidence {conf} not in [0, 1]")
+def _rle_chunks(
+    texts: list[str], row: SubmissionRow, what: str, *, n_gt: int
+) -> Iterator[tuple[int, list[dict]]]:
+    """``(start, rles)`` of consecutive distinct masks, decoded a bounded amount at a time:
+    at most ~16 MB of counts and ~4M IoU entries per chunk, so that hostile rows (say 100
+    checkerboard masks) never hold all their masks decoded at once."""
+    start, chunk, size = 0, [], 0
+    max_rows = max(1, _CHUNK_IOUS // max(n_gt, 1))
+    for i, text in enumerate(texts):
+        rle = _decoded(text, row, what)
+        chunk.append(rle)
+        size += len(rle["counts"])
+        if size >= _CHUNK_BYTES or len(chunk) >= max_rows:
+            yield start, chunk
+            start, chunk, size = i + 1, [], 0
+    if chunk:
+        yield start, chunk
+
+
+_CHUNK_BYTES = 16 * 2**20
+_CHUNK_IOUS = 4 * 2**20
+
+
+def _best_cells(
+    preds: list[Triplet],
+    truth: SubmissionRow,
+    gt_rles: list[dict],
+    cells: dict[int, np.ndarray],
+    options: _Options,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per prediction: is its mask non-empty, its best truth cell of its class (-1: none;
+    ties: the first cell in truth order) and that IoU."""
+    texts, index = _distinct(preds)
+    classes = np.fromiter((t[0] for t in preds), dtype=np.int64, count=len(preds))
+    nonempty = np.zeros(len(preds), dtype=bool)
+    best = np.full(len(preds), -1, dtype=np.int64)
+    best_iou = np.zeros(len(preds))
+    for start, rles in _rle_chunks(texts, truth, "submission", n_gt=len(gt_rles)):
+        inside = np.flatnonzero((index >= start) & (index < start + len(rles)))
+        areas = np.asarray(_coco_mask().area(rles)).reshape(-1)
+        nonempty[inside] = areas[index[inside] - start] > 0
+        ious = _iou_matrix(rles, gt_rles, options.iou)
+        for cls, class_cells in cells.items():
+            sel = inside[classes[inside] == cls]
+            if sel.size == 0 or class_cells.size == 0:
+                continue
+            sub = ious[np.ix_(index[sel] - start, class_cells)]
+            j = sub.argmax(axis=1)
+            best[sel] = class_cells[j]
+            best_iou[sel] = sub[np.arange(sel.size), j]
+    return nonempty, best, best_iou
 
 
 def _evaluate_image(
-    pred_text: str,
-    truth_text: str,
-    height: int,
-    width: int,
-    image_id: str,
-    *,
-    iou: str,
-    threshold: float,
-    ignore_absent_classes: bool,
+    pred_text: str, truth: SubmissionRow, options: _Options
 ) -> tuple[dict[int, int], dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """Per class: truth count, and (scores, is_tp) of the image's detections in score order."""
-    try:
-        truth = parse_prediction_string(truth_text)
-        preds = parse_prediction_string(pred_text)
-    except SubmissionError as exc:
-        raise SubmissionError(f"image {image_id}: {exc}") from None
-    _check_classes(truth, image_id, "truth")
-    _check_classes(preds, image_id, "submission")
-
-    gt_rles, gt_where, gt_empty = _distinct_rles(truth, height, width, image_id, "truth")
-    gt_by_class: dict[int, list[int]] = {}
-    for (cls, _, _), k in zip(truth, gt_where, strict=True):
-        if k not in gt_empty:
-            gt_by_class.setdefault(cls, []).append(k)
-    num_truth = {cls: len(cells) for cls, cells in gt_by_class.items()}
-
-    if ignore_absent_classes:
-        preds = [t for t in preds if t[0] in gt_by_class]
-    dt_rles, dt_where, dt_empty = _distinct_rles(preds, height, width, image_id, "submission")
-    dets_by_class: dict[int, list[tuple[float, int]]] = {}
-    for (cls, conf, _), k in zip(preds, dt_where, strict=True):
-        if k not in dt_empty:
-            dets_by_class.setdefault(cls, []).append((conf, k))
-    if not dets_by_class:
+    """Per evaluated class: truth cell count, and (scores, is_tp) of the image's detections in
+    score order (see rules 1-5)."""
+    gt = _triplets(truth.prediction, truth, "truth")
+    preds = _triplets(pred_text, truth, "submission")
+    gt_texts, gt_index = _distinct(gt)
+    gt_rles = [_decoded(text, truth, "truth") for text in gt_texts]
+    gt_nonempty = np.asarray(_coco_mask().area(gt_rles)).reshape(-1) > 0 if gt_rles else []
+    cells: dict[int, list[int]] = {cls: [] for cls, _, _ in gt}  # rule 1: empty masks
+    for (cls, _, _), k in zip(gt, gt_index.tolist(), strict=True):  # evaluate, are no cell
+        if gt_nonempty[k]:
+            cells[cls].append(k)
+    cell_arrays = {cls: np.asarray(ks, dtype=np.int64) for cls, ks in cells.items()}
+    num_truth = {cls: len(ks) for cls, ks in cells.items()}
+    if options.ignore_absent_classes:
+        preds = [t for t in preds if t[0] in cells]
+    if not preds:
         return num_truth, {}
-
-    ious = _iou_matrix(dt_rles, gt_rles, iou)
+    nonempty, best, best_iou = _best_cells(preds, truth, gt_rles, cell_arrays, options)
+    scores_all = np.fromiter((t[1] for t in preds), dtype=np.float64, count=len(preds))
+    classes = np.fromiter((t[0] for t in preds), dtype=np.int64, count=len(preds))
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for cls, dets in dets_by_class.items():
-        scores = np.fromiter((d[0] for d in dets), dtype=np.float64, count=len(dets))
-        masks = np.fromiter((d[1] for d in dets), dtype=np.int64, count=len(dets))
-        order = np.argsort(-scores, kind="stable")
-        scores, masks = scores[order], masks[order]
-        cells = gt_by_class.get(cls)
-        if cells:
-            is_tp = match_detections(ious[np.ix_(masks, cells)], threshold=threshold)
-        else:
-            is_tp = np.zeros(len(scores), dtype=bool)
-        out[cls] = (scores, is_tp)
+    for cls in np.unique(classes[nonempty]).tolist():
+        sel = np.flatnonzero(nonempty & (classes == cls))  # rule 3: empty masks dropped
+        order = sel[np.argsort(-scores_all[sel], kind="stable")]
+        is_tp = _greedy(best[order], best_iou[order], options.threshold)
+        out[cls] = (scores_all[order], is_tp)
     return num_truth, out
+
+
+def _pooled_result(
+    num_truth: dict[int, int], pooled: dict[int, list[tuple[np.ndarray, np.ndarray]]]
+) -> tuple[float, dict[int, float], dict[int, int], dict[int, int]]:
+    """(mAP, AP, detections, true positives) per class with truth (rules 6-8)."""
+    ap: dict[int, float] = {}
+    n_det: dict[int, int] = {}
+    n_tp: dict[int, int] = {}
+    for cls in sorted(c for c, n in num_truth.items() if n > 0):
+        parts = pooled.get(cls, [])
+        scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
+        is_tp = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=bool)
+        ap[cls] = average_precision(scores, is_tp, num_truth=num_truth[cls])
+        n_det[cls] = int(scores.size)
+        n_tp[cls] = int(is_tp.sum())
+    mean = float(np.mean(list(ap.values()))) if ap else float("nan")
+    return mean, ap, n_det, n_tp
+
+
+def _prediction_of(row: SubmissionRow, index: RowIndex) -> str | None:
+    """The submission's PredictionString for a truth row (None: the id has no row)."""
+    pred = index.get(row.image_id)
+    if pred is None:
+        return None
+    if (pred.width, pred.height) != (row.width, row.height):
+        raise SubmissionError(
+            f"image {row.image_id}: submission size {pred.width}x{pred.height} (width x "
+            f"height, {pred.where}) differs from truth {row.width}x{row.height} ({row.where})"
+        )
+    return pred.prediction
 
 
 def score_submission(
@@ -298,11 +381,13 @@ def score_submission(
     """The competition mAP of ``submission`` against ``truth`` (both in submission format).
 
     ``submission`` and ``truth`` are CSV paths or DataFrames with columns
-    ``ID,ImageWidth,ImageHeight,PredictionString``. ``iou`` is ``"mask"`` or ``"bbox"``;
-    ``ignore_absent_classes`` switches rule 2 (see the module docstring). An image's sizes
-    must agree between the two files. Raises :class:`hpa_kit.submission.SubmissionError`
-    (naming the id) on a malformed row; run :func:`hpa_kit.submission.validate_submission`
-    first for a full report.
+    ``ID,ImageWidth,ImageHeight,PredictionString``, read by the rules of
+    :mod:`hpa_kit.submission` one row at a time (the submission is indexed by id, not held).
+    ``iou`` is ``"mask"`` or ``"bbox"``; ``ignore_absent_classes`` switches rule 2 (see the
+    module docstring). An image's sizes must agree between the two files. Raises
+    :class:`hpa_kit.submission.SubmissionError` (naming the file, line or id) on a malformed
+    row of an evaluated image; run :func:`hpa_kit.submission.validate_submission` first for a
+    full report.
 
     >>> import pandas as pd
     >>> from hpa_kit.rle import encode_binary_mask
@@ -318,74 +403,38 @@ def score_submission(
         raise ValueError(f"iou must be one of {IOU_MODES}, got {iou!r}")
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    sub = read_submission(submission)
-    ref = read_submission(truth)
-    sub_rows = {
-        image_id: (int(w), int(h), text)
-        for image_id, w, h, text in sub.loc[
-            :, ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
-        ].itertuples(index=False, name=None)
-    }
+    options = _Options(iou, iou_threshold, ignore_absent_classes)
+    truth_ids = {row.image_id for row in iter_rows(truth, what="truth")}  # checks the table
     num_truth: dict[int, int] = {}
     pooled: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     missing: list[str] = []
-    rows = ref.loc[:, ["ID", "ImageWidth", "ImageHeight", "PredictionString"]].itertuples(
-        index=False, name=None
-    )
-    if progress:
-        from hpa_kit.progress import progress_bar
+    with RowIndex(submission, keep=truth_ids) as index:
+        rows = iter_rows(truth, what="truth")
+        if progress:
+            from hpa_kit.progress import progress_bar
 
-        rows = progress_bar(rows, total=len(ref), desc="score", unit="image")
-    for image_id, width, height, truth_text in rows:
-        width, height = int(width), int(height)
-        if image_id in sub_rows:
-            sub_w, sub_h, pred_text = sub_rows[image_id]
-            if (sub_w, sub_h) != (width, height):
-                raise SubmissionError(
-                    f"image {image_id}: submission size {sub_w}x{sub_h} (width x height) "
-                    f"differs from truth {width}x{height}"
-                )
-        else:
-            missing.append(image_id)
-            pred_text = ""
-        counts, dets = _evaluate_image(
-            pred_text,
-            truth_text,
-            height,
-            width,
-            image_id,
-            iou=iou,
-            threshold=iou_threshold,
-            ignore_absent_classes=ignore_absent_classes,
-        )
-        for cls, n in counts.items():
-            num_truth[cls] = num_truth.get(cls, 0) + n
-        for cls, pair in dets.items():
-            pooled.setdefault(cls, []).append(pair)
-
-    truth_ids = set(ref["ID"])
-    extra = tuple(i for i in sub["ID"] if i not in truth_ids)
-    ap: dict[int, float] = {}
-    n_det: dict[int, int] = {}
-    n_tp: dict[int, int] = {}
-    for cls in sorted(num_truth):
-        parts = pooled.get(cls, [])
-        scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0)
-        is_tp = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=bool)
-        ap[cls] = average_precision(scores, is_tp, num_truth=num_truth[cls])
-        n_det[cls] = int(scores.size)
-        n_tp[cls] = int(is_tp.sum())
-    mean = float(np.mean(list(ap.values()))) if ap else float("nan")
+            rows = progress_bar(rows, total=len(truth_ids), desc="score", unit="image")
+        for row in rows:  # truth order: the order of equal confidences across images
+            pred_text = _prediction_of(row, index)
+            if pred_text is None:
+                missing.append(row.image_id)
+            counts, dets = _evaluate_image(pred_text or "", row, options)
+            for cls, n in counts.items():
+                num_truth[cls] = num_truth.get(cls, 0) + n
+            for cls, pair in dets.items():
+                pooled.setdefault(cls, []).append(pair)
+    mean, ap, n_det, n_tp = _pooled_result(num_truth, pooled)
     return ScoreResult(
         map=mean,
         ap=ap,
-        num_truth=dict(sorted(num_truth.items())),
+        num_truth={c: n for c, n in sorted(num_truth.items()) if n > 0},
         num_detections=n_det,
         num_true_positives=n_tp,
         iou=iou,
         iou_threshold=iou_threshold,
         ignore_absent_classes=ignore_absent_classes,
-        n_images=len(ref),
+        n_images=len(truth_ids),
         missing_ids=tuple(missing),
-        extra_ids=extra,
+        extra_ids=tuple(index.other_ids),
+        n_extra_ids=index.n_other,
     )

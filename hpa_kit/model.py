@@ -11,19 +11,29 @@ A checkpoint is a directory holding two files:
 :func:`load_classifier` rebuilds the network from ``config.json`` alone with
 ``timm.create_model(arch, pretrained=False)``: no network access is ever needed. A training
 run may also write ``train_state.pt`` (optimizer, scheduler, epoch) beside them for resuming;
-prediction ignores it.
+prediction ignores it. Both files are written atomically (:func:`hpa_kit.outputs.atomic_path`).
+
+A checkpoint that cannot be used raises :class:`CheckpointError` (a
+:class:`hpa_kit.errors.UsageError`: ``hpa-kit predict`` exits 2 with one line) naming the
+folder and the cause: a missing folder or file (:class:`MissingCheckpointError`, also a
+``FileNotFoundError``), a ``config.json`` that is not a valid config, a ``model.pt`` that is
+truncated or not a state dict, an architecture timm does not know, weights of other shapes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpa_kit.errors import UsageError, describe
+from hpa_kit.io import CHANNEL_MEAN, CHANNEL_STD, CHANNELS, check_channels, check_normalisation
 from hpa_kit.labels import CLASS_NAMES
+from hpa_kit.outputs import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -33,7 +43,9 @@ __all__ = [
     "CHANNEL_STD",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
+    "CheckpointError",
     "ClassifierConfig",
+    "MissingCheckpointError",
     "build_classifier",
     "load_classifier",
     "read_config",
@@ -43,10 +55,13 @@ __all__ = [
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 
-# Per-channel normalisation of the seed solution, as fractions of 255 (REFERENCE.md section 2).
-CHANNEL_MEAN: dict[str, float] = {"red": 0.0807, "green": 0.0524, "blue": 0.0539, "yellow": 0.0810}
-CHANNEL_STD: dict[str, float] = {"red": 0.1481, "green": 0.1095, "blue": 0.1565, "yellow": 0.2729}
-_KNOWN_CHANNELS = tuple(CHANNEL_MEAN)
+
+class CheckpointError(UsageError):
+    """A checkpoint folder that cannot be loaded; the message names the folder and the cause."""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """The checkpoint folder, its ``config.json`` or its ``model.pt`` does not exist."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,8 @@ class ClassifierConfig:
     """How a classifier's inputs must look, and where it came from.
 
     ``channels`` names the input planes in order (``("red", "green", "blue")`` or the four
-    with ``"yellow"``); ``mean`` and ``std`` default to the seed's values for those channels.
+    with ``"yellow"``); ``mean`` and ``std`` default to the seed's values for those channels
+    (:data:`CHANNEL_MEAN`, :data:`CHANNEL_STD`, kept in :mod:`hpa_kit.io` with the checks).
 
     >>> cfg = ClassifierConfig(arch="resnet18", channels=("red", "green", "blue"), input_size=64)
     >>> cfg.in_chans, cfg.mean
@@ -64,7 +80,7 @@ class ClassifierConfig:
     """
 
     arch: str
-    channels: tuple[str, ...] = ("red", "green", "blue")
+    channels: tuple[str, ...] = CHANNELS[:3]
     input_size: int = 512
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -73,31 +89,11 @@ class ClassifierConfig:
     metrics: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        channels = tuple(self.channels)
-        unknown = [c for c in channels if c not in _KNOWN_CHANNELS]
-        if not channels or unknown:
-            raise ValueError(
-                f"channels must be a non-empty subset of {_KNOWN_CHANNELS}, got {channels}"
-            )
-        if len(set(channels)) != len(channels):
-            raise ValueError(f"channels repeat: {channels}")
+        if not isinstance(self.arch, str) or not self.arch.strip():
+            raise ValueError(f"arch must be the name of a timm architecture, got {self.arch!r}")
+        channels = check_channels(self.channels)
+        mean, std = check_normalisation(channels, self.mean, self.std)
         object.__setattr__(self, "channels", channels)
-        mean = (
-            tuple(CHANNEL_MEAN[c] for c in channels)
-            if self.mean is None
-            else tuple(map(float, self.mean))
-        )
-        std = (
-            tuple(CHANNEL_STD[c] for c in channels)
-            if self.std is None
-            else tuple(map(float, self.std))
-        )
-        if len(mean) != len(channels) or len(std) != len(channels):
-            raise ValueError(
-                f"mean and std need one value per channel ({len(channels)}), got {len(mean)} and {len(std)}"
-            )
-        if any(s <= 0 for s in std):
-            raise ValueError(f"std values must be positive, got {std}")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
         object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -165,48 +161,174 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Classifier
     directory.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)  # unwrap DataParallel / DDP
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    tmp = directory / (WEIGHTS_FILE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(directory / WEIGHTS_FILE)
-    tmp_cfg = directory / (CONFIG_FILE + ".tmp")
-    tmp_cfg.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-    tmp_cfg.replace(directory / CONFIG_FILE)
+    with atomic_path(directory / WEIGHTS_FILE) as temp, open(temp, "wb") as handle:
+        # Through a file object: torch names the archive inside after a path it is given, and
+        # the temporary name would make two saves of the same weights differ in their bytes.
+        torch.save(state, handle)
+    atomic_write_text(
+        directory / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+    )
     return directory
 
 
 def read_config(path: str | Path) -> ClassifierConfig:
-    """The :class:`ClassifierConfig` of a checkpoint directory (or its ``config.json``)."""
+    """The :class:`ClassifierConfig` of a checkpoint directory (or its ``config.json``).
+
+    Raises :class:`CheckpointError` (:class:`MissingCheckpointError` for a missing folder or
+    file) naming the checkpoint and the cause.
+    """
     path = Path(path)
     cfg_path = path if path.is_file() else path / CONFIG_FILE
+    directory = cfg_path.parent
+    if not directory.exists():
+        raise MissingCheckpointError(f"checkpoint folder not found: {directory}")
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILE} in checkpoint {path}")
+        raise MissingCheckpointError(
+            f"checkpoint {directory}: no {CONFIG_FILE} (a checkpoint folder holds {CONFIG_FILE} "
+            f"and {WEIGHTS_FILE}, as save_checkpoint and hpa-kit train write them)"
+        )
+    data = _read_json(cfg_path)
     try:
-        data = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{cfg_path} is not valid JSON: {exc}") from exc
-    return ClassifierConfig.from_dict(data)
+        return ClassifierConfig.from_dict(data)
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        raise CheckpointError(
+            f"checkpoint {directory}: {cfg_path.name} is not a classifier config: {_short(exc)}"
+        ) from exc
+
+
+_CONFIG_LIMIT = 1 << 20  # a config.json is a few kB
+
+
+def _read_json(cfg_path: Path) -> dict[str, Any]:
+    """The JSON object in ``cfg_path``, or a :class:`CheckpointError` saying why not."""
+    where = f"checkpoint {cfg_path.parent}: {cfg_path.name}"
+    try:
+        with open(cfg_path, "rb") as handle:
+            raw = handle.read(_CONFIG_LIMIT + 1)
+    except OSError as exc:
+        raise CheckpointError(f"{where} cannot be read: {describe(exc)}") from exc
+    if len(raw) > _CONFIG_LIMIT:
+        raise CheckpointError(f"{where} is larger than {_CONFIG_LIMIT} bytes: not a config")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(f"{where} is not valid JSON ({_short(exc)})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where} holds a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def load_classifier(
     path: str | Path, *, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, ClassifierConfig]:
-    """Rebuild a classifier from a checkpoint directory; returns ``(model.eval(), config)``."""
-    import torch
+    """Rebuild a classifier from a checkpoint directory; returns ``(model.eval(), config)``.
 
+    Raises :class:`CheckpointError` naming the folder and the cause when the checkpoint
+    cannot be used (see the module docstring); nothing is downloaded.
+    """
     directory = Path(path)
     if directory.is_file():
         directory = directory.parent
     config = read_config(directory)
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_FILE} in checkpoint {directory}")
-    model = build_classifier(config.arch, config.in_chans, config.num_classes)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+        raise MissingCheckpointError(f"checkpoint {directory}: no {WEIGHTS_FILE}")
+    if ":" in config.arch:  # timm's "hf-hub:..." / "local-dir:..." would fetch or read a config
+        raise CheckpointError(
+            f"checkpoint {directory}: {CONFIG_FILE} names architecture {config.arch!r}; a "
+            "checkpoint names a timm architecture without a source prefix (loading needs no "
+            "network and reads nothing outside the folder)"
+        )
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"checkpoint {directory}: weights do not fit {config.arch} with "
-            f"{config.in_chans} channels and {config.num_classes} classes: {exc}"
+        model = build_classifier(config.arch, config.in_chans, config.num_classes)
+    except (RuntimeError, ValueError) as exc:  # timm: "Unknown model (...)", a path-like name
+        raise CheckpointError(
+            f"checkpoint {directory}: {CONFIG_FILE} names architecture {config.arch!r}, "
+            f"which timm cannot build ({_short(exc)})"
         ) from exc
+    state = _read_state(weights)
+    problem = _state_problem(model.state_dict(), state)
+    if problem is None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            problem = _short(exc)
+    if problem is not None:
+        raise CheckpointError(
+            f"checkpoint {directory}: weights do not fit {config.arch} with "
+            f"{config.in_chans} channels and {config.num_classes} classes: {problem}"
+        )
     return model.to(device).eval(), config
+
+
+def _read_state(weights: Path) -> Mapping[str, Any]:
+    """The state dict in ``model.pt`` (``weights_only``: tensors and plain containers only)."""
+    import torch
+
+    directory = weights.parent
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling foreign bytes raises any type at all
+        # (measured: EOFError, KeyError, IndexError, RuntimeError, UnpicklingError, OSError)
+        raise CheckpointError(
+            f"checkpoint {directory}: {weights.name} cannot be read as a state dict "
+            f"(truncated, corrupt or not saved by torch.save?): {_short(exc)}"
+        ) from exc
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f"checkpoint {directory}: {weights.name} holds a {type(state).__name__}, not a "
+            "state dict (names -> tensors)"
+        )
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"checkpoint {directory}: {weights.name} is not a state dict (names -> tensors): "
+                f"its entry {key!r} holds a {type(value).__name__}"
+            )
+    return state
+
+
+def _state_problem(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str | None:
+    """What differs between a model's state dict and a checkpoint's, in one line (or None).
+
+    >>> import torch
+    >>> want = {"w": torch.zeros(2, 3), "b": torch.zeros(2)}
+    >>> _state_problem(want, {"w": torch.zeros(5, 3), "x": torch.zeros(1)})
+    '1 missing (b), 1 unexpected (x), 1 of another shape (w: (5, 3) in the file, (2, 3) expected)'
+    >>> _state_problem(want, dict(want)) is None
+    True
+    """
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k}: {tuple(found[k].shape)} in the file, {tuple(expected[k].shape)} expected"
+        for k in expected
+        if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = [
+        f"{len(items)} {what} ({_first(items)})"
+        for what, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("of another shape", shapes),
+        )
+        if items
+    ]
+    return ", ".join(parts) or None
+
+
+def _first(items: list[str], limit: int = 3) -> str:
+    more = f", ... {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    """One line for ``exc``: terminal colour codes out, whitespace collapsed, at most
+    ``limit`` characters (torch's messages run to many lines; ``--debug`` shows them whole).
+
+    >>> error = RuntimeError("Weights only load failed.\\n\\x1b[1mdo this\\x1b[0m")
+    >>> _short(error), _short(error, limit=20)
+    ('RuntimeError: Weights only load failed. do this', 'RuntimeError: Wei...')
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", describe(exc))
+    return text if len(text) <= limit else text[: limit - 3] + "..."

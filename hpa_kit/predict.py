@@ -21,65 +21,92 @@ Per image (:func:`predict_image` is the pure part, arrays in, arrays out):
 An image in which no cell is found gets the placeholder row (``0 1 <empty mask>``, which the
 metric ignores) and is listed in ``PredictReport.no_cells``.
 
-Over a folder, :func:`predict_folder` overlaps CPU work with classification: worker processes
-(``num_workers``; 0 runs everything in the calling thread) read each image, segment it (the
-whole classical segmenter, or only the CPU label step of the network segmenter, whose maps run
-on the device in the main thread), crop it and encode its masks, at most ``prefetch`` images
-ahead, while the main thread classifies. Memory is bounded by ``prefetch`` images plus one
-image's crops. Each finished image is appended to the *resume file* (JSON lines, flushed and
-fsynced): a restarted run with the same models and options skips the ids already there (a
-truncated last line from a kill is dropped), so the final CSV never repeats a row and equals an
-uninterrupted run's. A failing image (missing channel, wrong size, ...) is recorded with its id
-and cause, gets a placeholder row and the run goes on; failed ids are retried by a restarted
-run. If a worker process dies (e.g. killed for memory), a new pool is started and the images
-that were in flight are retried one at a time, so only the image that kills a worker fails. The CSV is written by :func:`hpa_kit.submission.write_submission`: one row per sample id.
+Over a folder, :func:`predict_folder` is a short loop over :func:`hpa_kit.runner.run_jobs`:
+worker processes (``num_workers``; 0 works in the calling thread) read each image, segment it
+and crop it and encode its masks, at most ``prefetch`` images ahead, while this thread
+classifies. The segmenter says which of its parts runs here on the device
+(:func:`hpa_kit.segment.device_stage`: the network segmenter's maps) and which in the workers
+(the labelling). The runner's rules apply: a failing image is recorded with its cause and gets
+a placeholder row; a worker process that dies fails only the image it was working on; workers
+end with this process, even when it is killed.
+
+Before any work it checks (:func:`check_inputs`; :class:`hpa_kit.errors.UsageError`, nothing
+written): the images folder holds at least one id of the sample; ``out`` is a writable file path with room for the
+estimated CSV (:func:`estimate_csv_bytes`), and an existing ``out`` is a submission CSV
+(never another file); ``out``, ``resume`` and the sample are three different files; the
+resume file is this run's (below; checked once the checkpoints are loaded).
+
+The *resume file* (:class:`hpa_kit.outputs.ResumeLog`, JSON lines, each flushed and fsynced)
+starts with a header naming its format and this run: a digest of the sample's ids and sizes,
+of the checkpoints (weights and configs), the segmenter and the options that change the
+predictions. A restarted run with the same header skips the ids already there (a line cut by
+a kill is dropped; a record whose image size differs from the sample's is never reused), so
+the final CSV equals an uninterrupted run's. A file without that header, or with another
+run's, is refused (:class:`ResumeMismatchError`, exit 2) and left untouched. Failed images are
+retried by a restarted run.
+
+At the end the CSV is written (:func:`hpa_kit.submission.write_submission`, one row per sample
+id); then, if every attempted image failed or more than ``max_failures`` did,
+:class:`TooManyFailuresError` (a :class:`hpa_kit.errors.RunError`, exit 1) is raised, carrying
+the report: a submission made of placeholders must not look like a success.
+
+Threads: this process classifies with ``threads`` torch threads (default: the cores left by the
+workers, at least 1); each worker process uses one thread (OpenMP, OpenCV, torch), so the two
+do not fight over the cores.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import time
-import warnings
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Executor, Future
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hpa_kit.batch import BatchReport, allowed_failures
+from hpa_kit.errors import RunError, UsageError, describe
 from hpa_kit.io import CHANNELS
+from hpa_kit.outputs import ResumeMismatchError
+from hpa_kit.runner import EXECUTORS, MAX_WORKERS, check_number
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import torch
 
     from hpa_kit.model import ClassifierConfig
+    from hpa_kit.outputs import ResumeLog
+    from hpa_kit.runner import JobResult, Stage
 
 __all__ = [
+    "RESUME_FORMAT",
     "RESUME_VERSION",
     "PredictOptions",
-    "ResumeMismatchError",
     "PredictReport",
+    "ResumeMismatchError",
+    "TooManyFailuresError",
     "blend_probs",
+    "check_inputs",
     "classify_crops",
+    "estimate_csv_bytes",
     "load_ensemble",
     "padded_batch",
     "predict_folder",
     "predict_image",
     "read_resume",
+    "resolve_device",
 ]
 
-RESUME_VERSION = 1
-_EXECUTORS = ("process", "thread")
-
-
-class ResumeMismatchError(ValueError):
-    """The resume file was written by a run with other models, segmenter or options."""
+RESUME_FORMAT = "hpa_kit.predict"
+RESUME_VERSION = 2
+MAX_MARGIN = 2.0  # a crop 5x the cell's side; more only costs memory
 
 
 @dataclass(frozen=True)
@@ -88,16 +115,23 @@ class PredictOptions:
 
     - ``tta``: ``"none"``, ``"seed"`` (identity, flips, x0.8, x1.2) or ``"d4"`` (8 flips/rotations);
     - ``batch_size``: crops per forward pass (per TTA view);
-    - ``margin``, ``mask_others``: crop rules (:func:`hpa_kit.crop.crop_cells`);
+    - ``margin`` (0 to 2), ``mask_others``: crop rules (:func:`hpa_kit.crop.crop_cells`);
     - ``image_weight``: ``w`` in ``p' = (1 - w) p_cell + w p_image`` (0 = cells only);
     - ``floor``: emit (cell, class) triplets with probability ``>= floor`` (0 = all classes);
     - ``num_workers``: CPU worker processes (or threads) for read/segment/crop/encode, 0 = none;
     - ``prefetch``: images prepared ahead of the classifier (bounds memory);
     - ``executor``: ``"process"`` (spawned processes; needs a picklable segmenter) or ``"thread"``;
-    - ``device``: ``"cuda"``, ``"cpu"``, ... ; ``None`` = CUDA when available, else CPU;
+    - ``device``: ``"cuda"``, ``"cpu"``, ... ; ``None`` = CUDA when available, else CPU
+      (:func:`resolve_device`, the one place that chooses);
     - ``amp``: float16 autocast for the classifiers on CUDA (ignored on CPU);
     - ``max_images``: stop after this many images in this run (the rest stay unattempted);
-    - ``progress``: show a tqdm bar (images/s and ETA).
+    - ``max_failures``: failed images allowed before :func:`predict_folder` raises
+      :class:`TooManyFailuresError` (after writing the CSV): below 1 a fraction of the sample's
+      ids (default 0.05), from 1 a count (a whole number); a run in which every attempted image
+      failed always raises;
+    - ``threads``: torch threads for classifying in this process; ``None`` = the cores not
+      taken by the workers, at least 1 (:meth:`classify_threads`);
+    - ``progress``: show a progress bar (images/s and ETA).
     """
 
     tta: str = "seed"
@@ -112,31 +146,59 @@ class PredictOptions:
     device: str | None = None
     amp: bool = True
     max_images: int | None = None
+    max_failures: float = 0.05
+    threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         from hpa_kit.tta import resolve_tta
 
         resolve_tta(self.tta)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
-        if not 0.0 <= self.image_weight <= 1.0:
-            raise ValueError(f"image_weight must be in [0, 1], got {self.image_weight}")
-        if not 0.0 <= self.floor <= 1.0:
-            raise ValueError(f"floor must be in [0, 1], got {self.floor}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-        if self.prefetch < 1:
-            raise ValueError(f"prefetch must be >= 1, got {self.prefetch}")
-        if self.executor not in _EXECUTORS:
-            raise ValueError(f"executor must be one of {_EXECUTORS}, got {self.executor!r}")
-        if self.max_images is not None and self.max_images < 0:
-            raise ValueError(f"max_images must be >= 0 or None, got {self.max_images}")
+        check_number("batch_size", self.batch_size, low=1, integer=True)
+        check_number("margin", self.margin, low=0, high=MAX_MARGIN)
+        check_number("image_weight", self.image_weight, low=0, high=1)
+        check_number("floor", self.floor, low=0, high=1)
+        check_number("num_workers", self.num_workers, low=0, high=MAX_WORKERS, integer=True)
+        check_number("prefetch", self.prefetch, low=1, integer=True)
+        if self.executor not in EXECUTORS:
+            raise UsageError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
+        if self.max_images is not None:
+            check_number("max_images", self.max_images, low=0, integer=True)
+        allowed_failures(self.max_failures, 0)  # checks it
+        if self.threads is not None:
+            check_number("threads", self.threads, low=1, high=1024, integer=True)
 
     def replace(self, **changes: Any) -> PredictOptions:
         return dataclasses.replace(self, **changes)
+
+    def classify_threads(self, cores: int | None = None) -> int:
+        """Torch threads for classifying: ``threads``, else ``cores - num_workers`` (cores
+        this process may use), at least 1.
+
+        >>> PredictOptions(num_workers=2).classify_threads(cores=8)
+        6
+        >>> PredictOptions(num_workers=2).classify_threads(cores=2)
+        1
+        >>> PredictOptions(threads=3).classify_threads(cores=2)
+        3
+        """
+        if self.threads is not None:
+            return self.threads
+        from hpa_kit.runner import cpu_cores
+
+        return max(1, (cpu_cores() if cores is None else cores) - self.num_workers)
+
+
+class TooManyFailuresError(RunError):
+    """Every attempted image failed, or more than ``max_failures`` did (exit 1).
+
+    Raised by :func:`predict_folder` after the CSV is written (placeholder rows for the
+    failed ids); ``report`` is the :class:`PredictReport`.
+    """
+
+    def __init__(self, message: str, report: PredictReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -145,11 +207,13 @@ class PredictReport:
 
     ``total`` sample ids; ``predicted`` of them have a real prediction in the CSV (this run or
     resumed); ``resumed`` came from the resume file; ``processed`` were attempted in this run;
-    ``failures`` maps id -> cause (placeholder rows); ``no_cells`` had no cell (placeholder
-    rows); ``not_attempted`` were left by ``max_images`` (placeholder rows); ``cells`` were
-    classified in this run; ``timings`` sums seconds per stage (worker stages summed over
-    workers, so they can exceed ``seconds``); ``write_report`` is the
-    :func:`hpa_kit.submission.write_submission` report.
+    ``batch`` is the run's :class:`hpa_kit.batch.BatchReport` (done and failed ids of this
+    run, resumed and not attempted ids as skipped) and ``failures`` its id -> cause
+    (placeholder rows); ``no_cells`` had no cell (placeholder rows); ``not_attempted`` were
+    left by ``max_images`` (placeholder rows); ``cells`` were classified in this run;
+    ``timings`` sums seconds per stage (worker stages summed over workers, so they can exceed
+    ``seconds``); ``allowed_failures`` is what ``max_failures`` allowed; ``write_report`` is
+    the :func:`hpa_kit.submission.write_submission` report.
     """
 
     out: Path
@@ -157,7 +221,7 @@ class PredictReport:
     predicted: int
     resumed: int
     processed: int
-    failures: dict[str, str]
+    batch: BatchReport
     no_cells: tuple[str, ...]
     not_attempted: tuple[str, ...]
     cells: int
@@ -165,11 +229,22 @@ class PredictReport:
     timings: dict[str, float] = field(default_factory=dict)
     resume: Path | None = None
     write_report: Any = None
+    allowed_failures: int = 0
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return dict(self.batch.failed)
 
     @property
     def complete(self) -> bool:
         """Every sample id was attempted (failures allowed)."""
         return not self.not_attempted
+
+    @property
+    def too_many_failures(self) -> bool:
+        """Every attempted image failed, or more than ``allowed_failures``."""
+        failed = len(self.batch.failed)
+        return failed > self.allowed_failures or (failed > 0 and self.predicted == 0)
 
     @property
     def images_per_s(self) -> float:
@@ -208,7 +283,9 @@ def load_ensemble(
 ) -> list[tuple[torch.nn.Module, ClassifierConfig]]:
     """Load checkpoint directories (:func:`hpa_kit.model.load_classifier`) onto ``device``.
 
-    All must predict the same classes in the same order; channels must be among RGBY.
+    All must predict the same classes in the same order; channels must be among RGBY. A folder
+    that is not a checkpoint raises :class:`hpa_kit.model.CheckpointError`, an ensemble that does
+    not agree a :class:`hpa_kit.errors.UsageError`.
     """
     from hpa_kit.model import load_classifier
 
@@ -216,13 +293,13 @@ def load_ensemble(
     for path in paths:
         model, config = load_classifier(path, device=device)
         if out and config.class_names != out[0][1].class_names:
-            raise ValueError(
+            raise UsageError(
                 f"checkpoint {path} predicts {config.num_classes} classes {config.class_names[:3]}..., "
                 f"unlike the first checkpoint ({out[0][1].num_classes} classes); an ensemble must agree"
             )
         out.append((model, config))
     if not out:
-        raise ValueError("no checkpoints given")
+        raise UsageError("no checkpoints given")
     return out
 
 
@@ -419,13 +496,7 @@ def predict_image(
     return prepared.cell_ids, _classify(prepared, classifiers, options)
 
 
-# --------------------------------------------------------------------------- worker jobs
-
-
-def _worker_init() -> None:  # pragma: no cover - runs in worker processes
-    import cv2
-
-    cv2.setNumThreads(1)
+# --------------------------------------------------------------------------- worker stages
 
 
 def _read_checked(
@@ -446,13 +517,13 @@ def _read_checked(
 
 def _job_full(
     images_dir: str,
-    image_id: str,
-    shape: tuple[int, int],
     segmenter: Any,
     sizes: Sequence[int],
     crop: dict,
+    image_id: str,
+    shape: tuple[int, int],
 ) -> _Prepared:
-    """Worker: read, segment (whole segmenter), crop, encode."""
+    """Worker: read, segment (the whole segmenter), crop, encode."""
     seconds: dict[str, float] = {}
     image = _read_checked(images_dir, image_id, shape, seconds)
     t0 = time.perf_counter()
@@ -464,99 +535,47 @@ def _job_full(
 def _job_read(
     images_dir: str, image_id: str, shape: tuple[int, int]
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Worker: read only (the network segmenter's maps run on the device in the main thread)."""
+    """Worker: read only (the segmenter's device stage runs next, in the main thread)."""
     seconds: dict[str, float] = {}
     return _read_checked(images_dir, image_id, shape, seconds), seconds
 
 
+def _device_maps(maps_fn: Any, ids: Sequence[str], values: Sequence[tuple]) -> list[tuple]:
+    """Main thread: the segmenter's maps on the device for images read by the workers."""
+    t0 = time.perf_counter()
+    maps = maps_fn([image for image, _ in values])
+    share = (time.perf_counter() - t0) / len(values)
+    out = []
+    for (image, seconds), image_maps in zip(values, maps, strict=True):
+        seconds["segment_device"] = seconds.get("segment_device", 0.0) + share
+        out.append((image, image_maps, seconds))
+    return out
+
+
 def _job_post(
-    image_id: str,
-    image: np.ndarray,
-    maps: tuple[np.ndarray, np.ndarray],
-    labels_fn: Callable[..., tuple[np.ndarray, np.ndarray]],
-    sizes: Sequence[int],
-    crop: dict,
-    seconds: dict[str, float],
+    labels_fn: Any, sizes: Sequence[int], crop: dict, image_id: str, value: tuple
 ) -> _Prepared:
-    """Worker: maps -> labels (CPU part of the network segmenter), crop, encode."""
+    """Worker: maps -> labels (the segmenter's CPU part), crop, encode."""
+    image, maps, seconds = value
     t0 = time.perf_counter()
     _, cell_labels = labels_fn(maps[0], maps[1], image.shape[:2])
     seconds["segment"] = seconds.get("segment", 0.0) + time.perf_counter() - t0
     return _prepare(image_id, image, cell_labels, sizes, encode=True, seconds=seconds, **crop)
 
 
-class _InlineExecutor(Executor):
-    """Runs each job at submit time in the calling thread (``num_workers=0``)."""
+def _stages(segmenter: Any, images_dir: str, sizes: Sequence[int], crop: dict) -> list[Stage]:
+    """The job per image; the segmenter says what must run here (:func:`device_stage`)."""
+    from hpa_kit.runner import Stage
+    from hpa_kit.segment import device_stage
 
-    def submit(self, fn, /, *args, **kwargs):  # noqa: D102
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # recorded per image by the caller
-            future.set_exception(exc)
-        return future
-
-
-def _make_executor(options: PredictOptions) -> Executor:
-    if options.num_workers == 0:
-        return _InlineExecutor()
-    if options.executor == "thread":
-        from concurrent.futures import ThreadPoolExecutor
-
-        return ThreadPoolExecutor(max_workers=options.num_workers)
-    import multiprocessing
-    from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
-
-    pool = ProcessPoolExecutor(
-        max_workers=options.num_workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_worker_init,
-    )
-    try:
-        pool.submit(_ping).result()
-    except BrokenExecutor as exc:
-        # Spawned workers re-import __main__: that fails for code read from stdin and for a
-        # script without an `if __name__ == "__main__":` guard. Threads need no re-import.
-        pool.shutdown(wait=False, cancel_futures=True)
-        warnings.warn(
-            f"worker processes cannot start here ({_cause(exc)}); preparing images in "
-            f"{options.num_workers} threads instead. In a script, call predict_folder under "
-            "`if __name__ == '__main__':` to use processes.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return ThreadPoolExecutor(max_workers=options.num_workers)
-    return pool
-
-
-def _ping() -> bool:
-    """A no-op job: proves that the worker processes start."""
-    return True
-
-
-def _is_network(segmenter: Any) -> bool:
-    """True for segmenters whose ``maps`` must run in the main thread (on the device)."""
-    try:
-        from hpa_kit.segment import NetworkSegmenter
-    except ImportError:  # pragma: no cover - segment module absent
-        return False
-    return isinstance(segmenter, NetworkSegmenter)
-
-
-def _labels_fn(segmenter: Any) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
-    """A picklable ``(nuc, cell, shape) -> labels`` for the network segmenter's CPU step."""
-    config = getattr(segmenter, "config", None)
-    if config is not None:
-        import functools
-
-        from hpa_kit.segment import maps_to_labels
-
-        return functools.partial(_maps_to_labels, maps_to_labels, config)
-    return segmenter.labels
-
-
-def _maps_to_labels(fn, config, nuc, cell, shape):
-    return fn(nuc, cell, shape=shape, config=config)
+    split = device_stage(segmenter)
+    if split is None:
+        return [Stage(functools.partial(_job_full, images_dir, segmenter, sizes, crop))]
+    return [
+        Stage(functools.partial(_job_read, images_dir)),
+        Stage(functools.partial(_device_maps, split.maps), where="main"),
+        Stage(functools.partial(_job_post, split.labels, sizes, crop)),
+    ]
 
 
 # --------------------------------------------------------------------------- resume file
@@ -580,69 +599,278 @@ def _fingerprint(
         "pixel_size": repr(getattr(segmenter, "pixel_size", None)),
         "config": repr(getattr(segmenter, "config", None)),
     }
-    chosen = {
-        k: getattr(options, k) for k in ("tta", "margin", "mask_others", "image_weight", "floor")
-    }
-    digest.update(json.dumps({"segmenter": seg, "options": chosen}, sort_keys=True).encode())
+    digest.update(json.dumps({"segmenter": seg, "options": _result_options(options)}).encode())
     return digest.hexdigest()
 
 
-def read_resume(path: str | os.PathLike) -> tuple[str | None, dict[str, dict]]:
-    """``(fingerprint, {id: record})`` of a resume file; a later record of an id wins.
+def _result_options(options: PredictOptions) -> dict[str, Any]:
+    """The options that change the predictions (the others change only speed)."""
+    names = ("tta", "margin", "mask_others", "image_weight", "floor")
+    return {name: getattr(options, name) for name in names}
+
+
+def _sample_digest(shapes: Mapping[str, tuple[int, int]]) -> str:
+    rows = sorted([image_id, *shape] for image_id, shape in shapes.items())
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+_RESUME_NOTES = {
+    "sample": "the sample's ids or image sizes differ",
+    "images": "the sample's ids differ",
+    "options": "other prediction options",
+    "fingerprint": "other checkpoints (weights or configs), segmenter or options",
+    "version": "another version of the resume format",
+}
+
+
+def _open_resume(
+    path: str | os.PathLike, book: _Book, classifiers: Sequence, segmenter: Any, options: Any
+) -> ResumeLog:
+    """Open (checked) the resume file and take its reusable records into ``book``."""
+    from hpa_kit.outputs import ResumeLog
+
+    identity = {
+        "sample": _sample_digest(book.shapes),
+        "images": len(book.shapes),
+        "options": _result_options(options),
+        "fingerprint": _fingerprint(classifiers, segmenter, options),
+    }
+    log = ResumeLog(
+        path, kind=RESUME_FORMAT, version=RESUME_VERSION, identity=identity, notes=_RESUME_NOTES
+    )
+    for image_id, record in log.open().items():
+        shape = book.shapes.get(image_id)
+        size = (record.get("height"), record.get("width"))
+        if shape is not None and size == shape and record.get("error") is None:
+            if isinstance(record.get("prediction"), str):
+                book.resumed(image_id, record["prediction"], cells=record.get("cells"))
+    return log
+
+
+def read_resume(path: str | os.PathLike) -> tuple[dict | None, dict[str, dict]]:
+    """``(header, {id: record})`` of a resume file, unchecked; a later record of an id wins.
 
     A last line without its newline (a run killed while writing) is ignored; so are lines that
-    are not JSON records. Records are ``{"id", "prediction", "error", "cells"}``; an ``error``
-    that is not ``None`` marks a failed image.
+    are not JSON records. Records are ``{"id", "prediction", "error", "cells", "height",
+    "width"}``; an ``error`` that is not ``None`` marks a failed image.
     """
-    path = Path(path)
-    if not path.exists():
-        return None, {}
-    lines = path.read_bytes().split(b"\n")[:-1]  # the piece after the last newline is partial
-    fingerprint = None
-    records: dict[str, dict] = {}
-    for number, line in enumerate(lines):
-        try:
-            data = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if not isinstance(data, dict):
-            continue
-        if number == 0 and "fingerprint" in data:
-            fingerprint = data["fingerprint"]
-        elif isinstance(data.get("id"), str) and isinstance(data.get("prediction"), str):
-            records[data["id"]] = data
-    return fingerprint, records
+    from hpa_kit.outputs import ResumeLog
+
+    return ResumeLog.read(path)
 
 
-class _ResumeWriter:
-    def __init__(self, path: Path, fingerprint: str):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = path.read_bytes() if path.exists() else b""
-        cut = data.rfind(b"\n") + 1  # drop a truncated last line before appending
-        with open(path, "r+b" if path.exists() else "wb") as f:
-            f.truncate(cut)
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        if cut == 0:
-            header = {"hpa_kit_resume": RESUME_VERSION, "fingerprint": fingerprint}
-            self.write(header)
+# --------------------------------------------------------------------------- checks
 
-    def write(self, record: Mapping[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
 
-    def close(self) -> None:
-        self._file.close()
+def resolve_device(device: str | None = None) -> str:
+    """The torch device to use: ``device``, or for ``None`` (or ``"auto"``) CUDA when it is
+    available, else the CPU. The one place where the device is chosen.
+
+    Raises :class:`hpa_kit.errors.UsageError` for a device torch does not know or that this
+    machine lacks (``cuda`` without a GPU), before anything is loaded.
+    """
+    if device == "cpu":
+        return device  # no need to import torch to know that
+    import torch
+
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise UsageError(
+            f"unknown device {device!r} ({describe(exc)}); use cpu, cuda or cuda:N"
+        ) from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"device {device!r}: no CUDA GPU is available here (torch.cuda.is_available() "
+                "is False); use cpu, or leave the device out to choose automatically"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {device!r}: MPS is not available here; use cpu")
+    return device
+
+
+def estimate_csv_bytes(shapes: Iterable[tuple[int, int]], *, floor: float = 0.0) -> int:
+    """A low estimate of the submission's size for images of ``shapes`` (height, width).
+
+    64 bytes per row, plus 0.008 bytes per image pixel at ``floor`` 0 (19 triplets per cell:
+    the sparsest rows of the real sample images; others are up to 10 times larger), a 19th
+    of that with a floor. Used to refuse, before the work, a disk that cannot hold even that.
+
+    >>> estimate_csv_bytes([(2048, 2048)] * 10)  # 10 x (64 + 0.008 x 2048 x 2048)
+    336184
+    """
+    per_pixel = 0.008 if floor == 0 else 0.008 / 19
+    return int(sum(64 + per_pixel * height * width for height, width in shapes))
+
+
+def _check_images(images_dir: str | os.PathLike, shapes: Mapping[str, tuple[int, int]]) -> None:
+    from hpa_kit.io import channel_path
+
+    folder = Path(images_dir)
+    if not folder.is_dir():
+        raise UsageError(f"images folder not found: {folder}")
+    if not shapes:
+        return
+    names = set(os.listdir(folder))
+    for image_id in shapes:
+        if any(channel_path(folder, image_id, color).name in names for color in CHANNELS):
+            return
+    first = channel_path(folder, next(iter(shapes)), CHANNELS[0])
+    raise UsageError(
+        f"the images folder {folder} holds none of the sample's {len(shapes)} ids (no {first}, "
+        "for one); is it the right folder for this sample?"
+    )
+
+
+def _check_out(out: str | os.PathLike, need_bytes: int) -> None:
+    """A writable file path with room; an existing file must be a submission (ours to replace)."""
+    from hpa_kit.outputs import check_output_file
+    from hpa_kit.submission import COLUMNS
+
+    path = check_output_file(out, what="--out", need_bytes=need_bytes)
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:
+            first = handle.readline(4096).strip()
+        if first != ",".join(COLUMNS).encode():
+            raise UsageError(
+                f"--out {path} exists and is not a submission CSV (its first line is not "
+                f"{','.join(COLUMNS)}); it is left untouched: give another path"
+            )
+
+
+def check_inputs(
+    images_dir: str | os.PathLike,
+    sample: str | os.PathLike | pd.DataFrame,
+    *,
+    out: str | os.PathLike,
+    resume: str | os.PathLike | None = None,
+    floor: float = 0.0,
+) -> pd.DataFrame:
+    """The checks :func:`predict_folder` makes before any work, without loading a model; returns
+    the sample (:func:`hpa_kit.submission.read_sample`). Raises
+    :class:`hpa_kit.errors.UsageError` naming the path: see the module docstring."""
+    from hpa_kit.outputs import check_distinct_files, check_output_file
+
+    sample_df = _load_sample(sample)
+    shapes = _shapes(sample_df)
+    sample_path = sample if isinstance(sample, (str, os.PathLike)) else None
+    check_distinct_files({"--out": out, "--resume": resume, "--sample": sample_path})
+    _check_images(images_dir, shapes)
+    need = estimate_csv_bytes(shapes.values(), floor=floor)
+    _check_out(out, need_bytes=need * (1 if resume is None else 2))
+    if resume is not None:
+        check_output_file(resume, what="--resume")
+    return sample_df
+
+
+def _shapes(sample_df: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """``{id: (height, width)}`` in sample order."""
+    columns = sample_df[["ID", "ImageWidth", "ImageHeight"]].itertuples(index=False)
+    return {str(row.ID): (int(row.ImageHeight), int(row.ImageWidth)) for row in columns}
 
 
 # --------------------------------------------------------------------------- folder
 
 
-def _default_device() -> str:
+_RESUMED = "resumed"
+_NOT_ATTEMPTED = "not attempted (max_images)"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One image's row: its prediction (or the placeholder), error, cell count and size."""
+
+    id: str
+    prediction: str
+    error: str | None
+    cells: int
+    shape: tuple[int, int]
+
+    def record(self) -> dict[str, Any]:
+        height, width = self.shape
+        return {"id": self.id, "prediction": self.prediction, "error": self.error,
+                "cells": self.cells, "height": height, "width": width}  # fmt: skip
+
+
+@dataclass
+class _Book:
+    """What the run has so far: predictions, the batch report, cells, seconds per stage."""
+
+    shapes: dict[str, tuple[int, int]]
+    batch: BatchReport = field(default_factory=BatchReport)
+    predictions: dict[str, str] = field(default_factory=dict)
+    no_cells: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    cells: int = 0
+
+    def add_seconds(self, seconds: Mapping[str, float]) -> None:
+        for key, value in seconds.items():
+            self.timings[key] = self.timings.get(key, 0.0) + value
+
+    def resumed(self, image_id: str, prediction: str, *, cells: Any) -> None:
+        self.predictions[image_id] = prediction
+        if cells == 0:
+            self.no_cells.append(image_id)
+        self.batch.add_skipped(image_id, _RESUMED)
+
+    def record(self, outcome: _Outcome, log: ResumeLog | None) -> None:
+        if outcome.error is None:
+            self.predictions[outcome.id] = outcome.prediction
+            self.batch.add_done(outcome.id)
+            if outcome.cells == 0:
+                self.no_cells.append(outcome.id)
+        else:
+            self.batch.add_failure(outcome.id, outcome.error)
+        self.cells += outcome.cells
+        if log is not None:
+            t0 = time.perf_counter()
+            log.append(outcome.record())
+            self.add_seconds({"write": time.perf_counter() - t0})
+
+
+def _finish(
+    result: JobResult, classifiers: Sequence, options: PredictOptions, book: _Book
+) -> _Outcome:
+    """Classify a prepared image and format its row (the placeholder when anything failed)."""
+    from hpa_kit.submission import cells_prediction_string, placeholder_prediction_string
+
+    shape = book.shapes[result.id]
+    placeholder = placeholder_prediction_string(*shape)
+    if not result.ok:
+        return _Outcome(result.id, placeholder, result.error, 0, shape)
+    prepared = result.value
+    book.add_seconds(prepared.seconds)
+    try:
+        t0 = time.perf_counter()
+        probs = _classify(prepared, classifiers, options)
+        book.add_seconds({"classify": time.perf_counter() - t0})
+        n_cells = int(prepared.cell_ids.size)
+        if not n_cells:
+            return _Outcome(result.id, placeholder, None, 0, shape)
+        by_cell = {int(c): p.tolist() for c, p in zip(prepared.cell_ids, probs, strict=True)}
+        prediction = cells_prediction_string(prepared.masks, by_cell, floor=options.floor)
+        return _Outcome(result.id, prediction, None, n_cells, shape)
+    except Exception as exc:  # recorded, the run goes on
+        return _Outcome(result.id, placeholder, describe(exc), 0, shape)
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _load_sample(sample: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
@@ -651,9 +879,27 @@ def _load_sample(sample: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     return read_sample(sample)  # validated: ids unique and non-empty, sizes positive integers
 
 
-def _cause(exc: BaseException) -> str:
-    text = str(exc).strip().replace("\n", " ")
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def _classifiers(checkpoints: Any, options: PredictOptions) -> list:
+    if isinstance(checkpoints, (str, os.PathLike)):
+        checkpoints = [checkpoints]  # one checkpoint directory
+    if checkpoints and isinstance(checkpoints[0], tuple):
+        return list(checkpoints)  # loaded already: used on their own device
+    return load_ensemble(checkpoints, resolve_device(options.device))
+
+
+def _runner_options(options: PredictOptions):
+    from hpa_kit.runner import RunnerOptions
+
+    return RunnerOptions(
+        workers=options.num_workers,
+        executor=options.executor,
+        prefetch=options.prefetch,
+        ordered=True,
+        worker_threads=1,
+        progress=options.progress,
+        desc="predict",
+        unit="img",
+    )
 
 
 def predict_folder(
@@ -671,226 +917,96 @@ def predict_folder(
     ``checkpoints``: checkpoint directories, or ``[(model, config), ...]`` already loaded (then
     used on their own device). ``segmenter``: ``None`` = ``ClassicalSegmenter()``. ``resume``:
     a JSON-lines file to append finished images to and to skip on a restart (``None`` = none).
-    See the module docstring for the pipeline; the returned report lists failures.
+    See the module docstring for the pipeline, the checks made before the work
+    (:class:`hpa_kit.errors.UsageError`) and :class:`TooManyFailuresError`.
     """
-    from hpa_kit.progress import progress_bar
-    from hpa_kit.submission import (
-        cells_prediction_string,
-        placeholder_prediction_string,
-        write_submission,
-    )
+    from hpa_kit.runner import run_jobs
 
     start = time.perf_counter()
-    if options.num_workers > 0 and options.executor == "process":
-        images_dir = os.fspath(Path(images_dir).resolve())
-    else:
-        images_dir = os.fspath(images_dir)
-    sample_df = _load_sample(sample)
-    shapes = {
-        str(row.ID): (int(row.ImageHeight), int(row.ImageWidth))
-        for row in sample_df[["ID", "ImageWidth", "ImageHeight"]].itertuples(index=False)
-    }
-    if checkpoints and isinstance(checkpoints[0], tuple):
-        classifiers = list(checkpoints)
-    else:
-        classifiers = load_ensemble(checkpoints, options.device or _default_device())
+    sample_df = check_inputs(images_dir, sample, out=out, resume=resume, floor=options.floor)
+    shapes = _shapes(sample_df)
+    classifiers = _classifiers(checkpoints, options)
     if segmenter is None:
         from hpa_kit.segment import ClassicalSegmenter
 
         segmenter = ClassicalSegmenter()
+    book = _Book(shapes)
+    log = None if resume is None else _open_resume(resume, book, classifiers, segmenter, options)
+    todo = [image_id for image_id in shapes if image_id not in book.predictions]
+    limit = len(todo) if options.max_images is None else options.max_images
+    todo, left = todo[:limit], todo[limit:]
+    for image_id in left:
+        book.batch.add_skipped(image_id, _NOT_ATTEMPTED)
     sizes = sorted({config.input_size for _, config in classifiers})
-    crop = {
-        "margin": options.margin,
-        "mask_others": options.mask_others,
-        "whole": options.image_weight > 0,
-    }
-
-    predictions: dict[str, str] = {}
-    failures: dict[str, str] = {}
-    no_cells: list[str] = []
-    timings: dict[str, float] = {}
-    resumed = 0
-    writer = None
-    if resume is not None:
-        fingerprint = _fingerprint(classifiers, segmenter, options)
-        found, records = read_resume(resume)
-        if found != fingerprint:
-            if records:
-                raise ResumeMismatchError(
-                    f"resume file {resume} was written by a run with other models, segmenter or "
-                    "options (or is not a resume file); delete it or pass another resume file"
-                )
-            Path(resume).unlink(missing_ok=True)  # a header alone: nothing to keep
-        for image_id, record in records.items():
-            if image_id in shapes and record.get("error") is None:
-                predictions[image_id] = record["prediction"]
-                if record.get("cells") == 0:
-                    no_cells.append(image_id)
-        resumed = len(predictions)
-        writer = _ResumeWriter(Path(resume), fingerprint)
-
-    todo = [image_id for image_id in shapes if image_id not in predictions]
-    if options.max_images is not None:
-        todo, left = todo[: options.max_images], todo[options.max_images :]
-    else:
-        left = []
-
-    cells = 0
-    network = _is_network(segmenter)
-    labels_fn = _labels_fn(segmenter) if network else None
-
-    def add_seconds(seconds: Mapping[str, float]) -> None:
-        for key, value in seconds.items():
-            timings[key] = timings.get(key, 0.0) + value
-
-    def record(image_id: str, prediction: str, error: str | None, n_cells: int) -> None:
-        if error is None:
-            predictions[image_id] = prediction
-        else:
-            failures[image_id] = error
-        if writer is not None:
-            t0 = time.perf_counter()
-            writer.write(
-                {"id": image_id, "prediction": prediction, "error": error, "cells": n_cells}
-            )
-            add_seconds({"write": time.perf_counter() - t0})
-
-    from concurrent.futures import BrokenExecutor
-
-    pool = [_make_executor(options)]  # replaced when a worker process dies
-    pending = deque(todo)
-    suspects: set[str] = set()  # in flight when a worker died: retried one at a time
-    queue_a: deque[tuple[str, Future]] = deque()  # read (network) or full preparation
-    queue_b: deque[tuple[str, Future | None, str | None]] = deque()  # network post-processing
-    bar = progress_bar(total=len(todo), enabled=options.progress, unit="img", desc="predict")
-
-    def refill() -> None:
-        limit = 1 if suspects else options.prefetch
-        while pending and len(queue_a) + len(queue_b) < limit:
-            image_id = pending.popleft()
-            if network:
-                job = pool[0].submit(_job_read, images_dir, image_id, shapes[image_id])
-            else:
-                job = pool[0].submit(
-                    _job_full, images_dir, image_id, shapes[image_id], segmenter, sizes, crop
-                )
-            queue_a.append((image_id, job))
-
-    def worker_died(first: Sequence[str], exc: BaseException) -> None:
-        """The pool is broken: retry the images in flight one at a time in a new pool; an image
-        that was alone in flight when a worker died is the cause and is recorded as failed."""
-        in_flight = [*first, *(i for i, *_ in queue_b), *(i for i, _ in queue_a)]
-        queue_a.clear()
-        queue_b.clear()
-        pool[0].shutdown(wait=False, cancel_futures=True)
-        pool[0] = _make_executor(options)
-        if len(in_flight) == 1:
-            (image_id,) = in_flight
-            suspects.discard(image_id)
-            height, width = shapes[image_id]
-            cause = f"a worker process died while preparing this image ({_cause(exc)})"
-            record(image_id, placeholder_prediction_string(height, width), cause, 0)
-            bar.update(1)
-        else:
-            suspects.update(in_flight)
-            pending.extendleft(reversed(in_flight))
-
+    crop = {"margin": options.margin, "mask_others": options.mask_others,
+            "whole": options.image_weight > 0}  # fmt: skip
+    stages = _stages(segmenter, os.fspath(Path(images_dir).resolve()), sizes, crop)
     try:
-        refill()
-        while queue_a or queue_b:
-            if network:
-                # Device maps for the images already read, so workers post-process while we classify.
-                broken = False
-                while queue_a and len(queue_b) < max(1, options.prefetch // 2):
-                    image_id, job = queue_a.popleft()
-                    try:
-                        image, seconds = job.result()
-                        t0 = time.perf_counter()
-                        maps = segmenter.maps([image])[0]
-                        add_seconds({"segment_device": time.perf_counter() - t0})
-                        post = pool[0].submit(
-                            _job_post, image_id, image, maps, labels_fn, sizes, crop, seconds
-                        )
-                        queue_b.append((image_id, post, None))
-                    except BrokenExecutor as exc:
-                        earlier = [i for i, *_ in queue_b]
-                        queue_b.clear()
-                        worker_died([*earlier, image_id], exc)
-                        broken = True
-                        break
-                    except Exception as exc:  # recorded, the run goes on
-                        queue_b.append((image_id, None, _cause(exc)))
-                if broken:
-                    refill()
-                    continue
-                image_id, job, error = queue_b.popleft()
-            else:
-                image_id, job = queue_a.popleft()
-                error = None
-            height, width = shapes[image_id]
-            n_cells = 0
-            try:
-                if error is not None:
-                    raise RuntimeError(error)
-                prepared = job.result()
-            except BrokenExecutor as exc:
-                worker_died([image_id], exc)
-                refill()
-                continue
-            except Exception as exc:  # recorded, the run goes on
-                prepared = None
-                cause = error if error is not None else _cause(exc)
-                record(image_id, placeholder_prediction_string(height, width), cause, 0)
-            if prepared is not None:
-                try:
-                    add_seconds(prepared.seconds)
-                    t0 = time.perf_counter()
-                    probs = _classify(prepared, classifiers, options)
-                    add_seconds({"classify": time.perf_counter() - t0})
-                    n_cells = int(prepared.cell_ids.size)
-                    if n_cells:
-                        probs_by_cell = {
-                            int(c): p.tolist()
-                            for c, p in zip(prepared.cell_ids, probs, strict=True)
-                        }
-                        prediction = cells_prediction_string(
-                            prepared.masks, probs_by_cell, floor=options.floor
-                        )
-                    else:
-                        no_cells.append(image_id)
-                        prediction = placeholder_prediction_string(height, width)
-                    record(image_id, prediction, None, n_cells)
-                except Exception as exc:  # recorded, the run goes on
-                    n_cells = 0
-                    record(image_id, placeholder_prediction_string(height, width), _cause(exc), 0)
-                del prepared
-            suspects.discard(image_id)
-            cells += n_cells
-            bar.update(1)
-            if failures:
-                bar.set_postfix(failed=len(failures), refresh=False)
-            refill()
+        jobs = run_jobs({i: shapes[i] for i in todo}, stages, _runner_options(options))
+        with _torch_threads(options.classify_threads()), closing(jobs):  # workers end here
+            for result in jobs:
+                book.record(_finish(result, classifiers, options, book), log)
     finally:
-        bar.close()
-        pool[0].shutdown(wait=True, cancel_futures=True)
-        if writer is not None:
-            writer.close()
+        if log is not None:
+            log.close()
+    report = _write_report(out, sample_df, book, options, processed=len(todo), left=left)
+    seconds = time.perf_counter() - start
+    report = dataclasses.replace(
+        report, seconds=seconds, resume=None if resume is None else Path(resume)
+    )
+    if report.too_many_failures:
+        raise TooManyFailuresError(_failure_message(report, options.max_failures), report)
+    return report
+
+
+def _write_report(
+    out: str | os.PathLike,
+    sample_df: pd.DataFrame,
+    book: _Book,
+    options: PredictOptions,
+    *,
+    processed: int,
+    left: Sequence[str],
+) -> PredictReport:
+    """Write the CSV (a failure to write is a :class:`RunError` naming the file)."""
+    from hpa_kit.submission import write_submission
 
     t0 = time.perf_counter()
-    write_report = write_submission(out, predictions, sample_df, failures=failures)
-    add_seconds({"write_csv": time.perf_counter() - t0})
+    try:
+        write_report = write_submission(
+            out, book.predictions, sample_df, failures=book.batch.failed
+        )
+    except OSError as exc:
+        raise RunError(f"cannot write {out}: {describe(exc)}") from exc
+    book.add_seconds({"write_csv": time.perf_counter() - t0})
     return PredictReport(
         out=Path(out),
-        total=len(shapes),
-        predicted=len(predictions),
-        resumed=resumed,
-        processed=len(todo),
-        failures=dict(failures),
-        no_cells=tuple(no_cells),
+        total=len(book.shapes),
+        predicted=len(book.predictions),
+        resumed=sum(reason == _RESUMED for reason in book.batch.skipped.values()),
+        processed=processed,
+        batch=book.batch,
+        no_cells=tuple(book.no_cells),
         not_attempted=tuple(left),
-        cells=cells,
-        seconds=time.perf_counter() - start,
-        timings=timings,
-        resume=None if resume is None else Path(resume),
+        cells=book.cells,
+        seconds=0.0,
+        timings=book.timings,
         write_report=write_report,
+        allowed_failures=allowed_failures(options.max_failures, len(book.shapes)),
+    )
+
+
+def _failure_message(report: PredictReport, limit: float) -> str:
+    failed = report.failures
+    image_id, cause = next(iter(failed.items()))
+    if report.predicted == 0:
+        what = f"every attempted image failed ({len(failed)})"
+    else:
+        what = (
+            f"{len(failed)} of {report.total} images failed, more than max_failures {limit:g} "
+            f"allows ({report.allowed_failures})"
+        )
+    return (
+        f"{what}; {report.out} was written with placeholder rows for them (first: {image_id}: "
+        f"{cause})"
     )

@@ -14,51 +14,50 @@ killed part-way leaves at worst a hidden temporary file, never a truncated ``{id
 Failures (missing channel, unreadable file, ...) are recorded per id with their cause in the
 returned :class:`~hpa_kit.batch.BatchReport`; the other ids go on.
 
-Parallelism: ``workers > 1`` converts ids in that many *spawned* processes (each sets OpenCV to
-one thread); ``workers == 1`` works in the calling process.
+Parallelism: ``workers > 1`` converts ids in that many *spawned* processes
+(:func:`hpa_kit.runner.run_jobs`: one thread each, they end with their parent);
+``workers == 1`` works in the calling process.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 import os
 import re
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from hpa_kit.batch import BatchReport
+from hpa_kit.errors import UsageError
 from hpa_kit.io import size_pair
 
-__all__ = ["SOURCE_EXTENSIONS", "find_sources", "prepare_images"]
+__all__ = ["MAX_SIDE", "SOURCE_EXTENSIONS", "find_sources", "prepare_images"]
 
 SOURCE_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff")
+MAX_SIDE = 16384  # the largest HPA images are 3072 px; a larger output side is a typo
 
 _ALREADY_DONE = "already done"
 
 
-def _check_workers(workers: int) -> int:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    return workers
-
-
 def find_sources(
-    src: str | os.PathLike, *, channels: Sequence[str]
+    src: str | os.PathLike,
+    *,
+    channels: Sequence[str],
+    extensions: Sequence[str] = SOURCE_EXTENSIONS,
 ) -> tuple[dict[str, dict[str, Path]], dict[str, str]]:
     """Source files of each id in ``src``: ``({id: {color: path}}, {id: problem})``.
 
-    Files are ``{id}_{color}{ext}`` with ``ext`` in :data:`SOURCE_EXTENSIONS` (any case);
-    hidden files (temporary files) and other names are ignored. An id with a missing channel,
-    or with two files for one channel (``a_red.png`` and ``a_red.tif``), is a problem, not a
-    source.
+    Files are ``{id}_{color}{ext}`` with ``ext`` in ``extensions`` (any case); an id is found
+    from any of its channel files. Hidden files (temporary files) and other names are ignored.
+    An id with a missing channel (named in its problem), or with two files for one channel
+    (``a_red.png`` and ``a_red.tif``), is a problem, not a source. Raises
+    :class:`hpa_kit.errors.UsageError` when ``src`` is not a folder.
     """
     src = Path(src)
     if not src.is_dir():
-        raise FileNotFoundError(f"source folder not found: {src}")
+        raise UsageError(f"source folder not found: {src}")
     colors = "|".join(re.escape(c) for c in channels)
-    exts = "|".join(re.escape(e[1:]) for e in SOURCE_EXTENSIONS)
+    exts = "|".join(re.escape(e.lstrip(".")) for e in extensions)
     pattern = re.compile(rf"^(?P<id>.+)_(?P<color>{colors})\.(?:{exts})$", re.IGNORECASE)
     found: dict[str, dict[str, list[Path]]] = {}
     for path in src.iterdir():
@@ -78,9 +77,10 @@ def find_sources(
         missing = [c for c in channels if c not in files]
         doubles = {c: paths for c, paths in files.items() if len(paths) > 1}
         if missing:
+            names = ",".join(extensions)
             problems[image_id] = (
                 f"missing channel(s) {', '.join(missing)}: no {src}/{image_id}_{missing[0]}"
-                f"{{{','.join(SOURCE_EXTENSIONS)}}}"
+                + (names if len(extensions) == 1 else f"{{{names}}}")
             )
         elif doubles:
             color, paths = next(iter(doubles.items()))
@@ -91,29 +91,15 @@ def find_sources(
     return sources, problems
 
 
-def _init_worker() -> None:
-    import cv2
+def _prepare_one(dst: str, size: tuple[int, int], image_id: str, sources: dict[str, str]) -> None:
+    """Convert the missing channels of one id (an error is recorded by the runner)."""
+    from hpa_kit.io import channel_path, read_channel, resize_area, write_channels
 
-    cv2.setNumThreads(1)  # one process per core; no nested thread pools
-
-
-def _prepare_one(
-    image_id: str, sources: dict[str, str], dst: str, size: tuple[int, int]
-) -> tuple[str, str | None]:
-    """Convert the missing channels of one id; returns ``(id, None)`` or ``(id, cause)``."""
-    import cv2
-
-    from hpa_kit.io import ImageError, channel_path, read_channel, resize_area, write_channels
-
-    try:
-        for color, source in sources.items():
-            if channel_path(dst, image_id, color).exists():
-                continue
-            plane = resize_area(read_channel(source), size)
-            write_channels(dst, image_id, plane[:, :, None], channels=(color,))
-    except (ImageError, OSError, cv2.error) as exc:
-        return image_id, f"{type(exc).__name__}: {exc}"
-    return image_id, None
+    for color, source in sources.items():
+        if channel_path(dst, image_id, color).exists():
+            continue
+        plane = resize_area(read_channel(source), size)
+        write_channels(dst, image_id, plane[:, :, None], channels=(color,))
 
 
 def prepare_images(
@@ -131,20 +117,28 @@ def prepare_images(
     :data:`hpa_kit.io.CHANNELS`. Returns a :class:`~hpa_kit.batch.BatchReport`: done (converted
     now), skipped (``"already done"``: every output existed) and failed (id -> cause).
 
-    Raises ``FileNotFoundError`` when ``src`` is not a folder and ``ValueError`` for a bad
-    ``size`` or ``workers`` or when ``dst`` is ``src``.
+    Raises :class:`hpa_kit.errors.UsageError` (a ``ValueError``), before any work, when ``src``
+    is not a folder, for a bad ``size`` or ``workers``, when ``dst`` is ``src`` or cannot be
+    written.
     """
     from hpa_kit.io import CHANNELS, channel_path
-    from hpa_kit.progress import progress_bar
+    from hpa_kit.outputs import check_writable_folder
+    from hpa_kit.runner import MAX_WORKERS, RunnerOptions, Stage, check_number, run_jobs
 
-    pair = size_pair(size)
-    workers = _check_workers(workers)
+    try:
+        pair = size_pair(size)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    for side in pair:
+        check_number("size", side, low=1, high=MAX_SIDE, integer=True)
+    check_number("workers", workers, low=1, high=MAX_WORKERS, integer=True)
     channels = tuple(CHANNELS if channels is None else channels)
     src, dst = Path(src), Path(dst)
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise ValueError(f"destination must differ from the source folder: {dst}")
+        raise UsageError(f"destination must differ from the source folder: {dst}")
     sources, problems = find_sources(src, channels=channels)
     dst.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(dst, what="the destination")
 
     report = BatchReport()
     for image_id, cause in problems.items():
@@ -158,47 +152,14 @@ def prepare_images(
             todo[image_id] = missing
         else:
             report.add_skipped(image_id, _ALREADY_DONE)
-
-    bar = progress_bar(total=len(todo), enabled=progress, desc="prepare", unit="image")
-    try:
-        if workers == 1 or len(todo) <= 1:
-            for image_id, files in todo.items():
-                _record(report, _prepare_one(image_id, files, str(dst), pair))
-                bar.update()
-        else:
-            # "spawn": fresh interpreters. A forked child inherits the parent's thread state
-            # (OpenCV's pool, executor threads) and was seen to hang on a futex here.
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=_init_worker
-            ) as pool:
-                futures = {
-                    pool.submit(_prepare_one, image_id, files, str(dst), pair): image_id
-                    for image_id, files in todo.items()
-                }
-                _collect(pool, futures, report, bar)
-    finally:
-        bar.close()
+    options = RunnerOptions(
+        workers=0 if workers == 1 or len(todo) <= 1 else workers,
+        ordered=False,
+        progress=progress,
+        desc="prepare",
+        unit="image",
+    )
+    job = [Stage(functools.partial(_prepare_one, str(dst), pair))]
+    for result in run_jobs(todo, job, options):
+        report.add_result(result.id, result.error)
     return report
-
-
-def _record(report: BatchReport, result: tuple[str, str | None]) -> None:
-    image_id, cause = result
-    if cause is None:
-        report.add_done(image_id)
-    else:
-        report.add_failure(image_id, cause)
-
-
-def _collect(pool: Executor, futures: dict[Future, str], report: BatchReport, bar) -> None:
-    try:
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except BrokenProcessPool as exc:  # a worker died (killed, out of memory)
-                result = (futures[future], f"worker process died: {exc}")
-            _record(report, result)
-            bar.update()
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: stop queued ids, finish running
-        raise

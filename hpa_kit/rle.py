@@ -22,6 +22,11 @@ Data contract
 
   Decoding reverses the steps. The empty (all-False) mask has a fixed text per size, for example
   ``eNoLCAgIMAEABJkBdQ==`` at 2048x2048.
+- *Limits of decoding* (what no real mask exceeds, so that hostile text costs bounded memory):
+  the zlib data may expand to at most :func:`max_counts_bytes` (``2 * height * width + 16``
+  bytes); the counts may hold at most ``height * width + 1`` runs, each at most
+  ``height * width`` long. Anything beyond is an :class:`RLEError`, found before the runs are
+  materialised.
 - A *COCO RLE* (:func:`to_coco_rle`) is pycocotools' ``{"size": [height, width], "counts":
   bytes}`` (the step-3 string), usable with ``pycocotools.mask.iou/area/toBbox``.
 
@@ -51,7 +56,10 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import threading
 import zlib
+from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -59,10 +67,13 @@ import numpy as np
 __all__ = [
     "RLEError",
     "decode_binary_mask",
+    "decoded_cache_info",
     "empty_mask_string",
     "encode_binary_mask",
     "encode_label_image",
+    "mask_area",
     "mask_counts",
+    "max_counts_bytes",
     "to_coco_rle",
 ]
 
@@ -81,12 +92,20 @@ def _coco_mask() -> Any:
     return coco_mask
 
 
+_MAX_PIXELS = 2**31 - 1
+"""Largest ``height * width`` accepted: pycocotools stores runs as 32-bit integers, and this
+margin keeps every sum of runs within int64."""
+_MAX_RUN = 2**32 - 1
+
+
 def _check_size(height: int, width: int) -> tuple[int, int]:
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise RLEError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
         if value < 1:
             raise RLEError(f"{name} must be >= 1, got {value}")
+    if int(height) * int(width) > _MAX_PIXELS:
+        raise RLEError(f"height*width = {height}*{width} is more than {_MAX_PIXELS} pixels")
     return int(height), int(width)
 
 
@@ -113,7 +132,22 @@ def _text_from_coco_counts(counts: bytes) -> str:
     return base64.b64encode(zlib.compress(counts, zlib.Z_BEST_COMPRESSION)).decode("ascii")
 
 
-def _coco_counts_from_text(text: str | bytes) -> bytes:
+def max_counts_bytes(height: int, width: int) -> int:
+    """Longest pycocotools counts string (step 3) that a ``height x width`` mask can need.
+
+    Each run costs at most as many characters as it has pixels, and so does the difference
+    to the run two before it, so no mask needs more than ``2 * height * width`` characters
+    (the empty mask needs 1, a checkerboard about ``height * width``). Decoding stops at this
+    many bytes: a few hundred bytes of zlib data can otherwise expand to gigabytes.
+
+    >>> max_counts_bytes(2048, 2048)
+    8388624
+    """
+    height, width = _check_size(height, width)
+    return 2 * height * width + 16
+
+
+def _coco_counts_from_text(text: str | bytes, max_bytes: int) -> bytes:
     if isinstance(text, str):
         try:
             raw = text.strip().encode("ascii")
@@ -129,23 +163,57 @@ def _coco_counts_from_text(text: str | bytes) -> bytes:
         compressed = base64.b64decode(raw, validate=True)
     except binascii.Error as error:
         raise RLEError(f"mask text is not valid base64: {raw[:40]!r}: {error}") from error
+    inflater = zlib.decompressobj()
     try:
-        return zlib.decompress(compressed)
+        counts = inflater.decompress(compressed, max_bytes + 1)
     except zlib.error as error:
         raise RLEError(f"mask text is not zlib-compressed data: {raw[:40]!r}: {error}") from error
+    if len(counts) > max_bytes:
+        raise RLEError(
+            f"mask text {raw[:40]!r} decompresses to more than {max_bytes} bytes, more than "
+            "any mask of this size needs (a zlib bomb?)"
+        )
+    if not inflater.eof:
+        raise RLEError(f"mask text is not zlib-compressed data: {raw[:40]!r}: truncated stream")
+    return counts
 
 
-def _parse_coco_counts(data: bytes) -> np.ndarray:
-    """Run lengths (int64) of a pycocotools compressed counts string (inverse of step 3).
+_PARSE_CHUNK = 1 << 20
+"""Values parsed per vectorised step: bounds the int64 temporaries to a few MB."""
 
-    Vectorised: each character carries 5 value bits (``& 0x1f``), a continuation bit
-    (``0x20``) and, on a value's last character, a sign bit (``0x10``); from the fourth value on,
-    a value is the difference to the value two before it.
+
+def _parse_values(chars: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Signed values of counts characters (``chars`` already minus 48), before the differences.
+
+    Vectorised in chunks of values: each character carries 5 value bits (``& 0x1f``), a
+    continuation bit (``0x20``) and, on a value's last character, a sign bit (``0x10``).
     """
-    chars = np.frombuffer(data, dtype=np.uint8).astype(np.int64) - 48
+    values = np.empty(ends.size, dtype=np.int64)
+    for a in range(0, ends.size, _PARSE_CHUNK):
+        b = min(a + _PARSE_CHUNK, ends.size)
+        lo = 0 if a == 0 else int(ends[a - 1]) + 1
+        part = chars[lo : int(ends[b - 1]) + 1].astype(np.int64)
+        last = ends[a:b] - lo
+        starts = np.concatenate(([0], last[:-1] + 1))
+        shift = 5 * (np.arange(part.size) - np.repeat(starts, last - starts + 1))
+        chunk = np.add.reduceat((part & 0x1F) << shift, starts)
+        negative = (part[last] & 0x10) != 0
+        chunk[negative] -= np.int64(1) << (shift[last[negative]] + 5)
+        values[a:b] = chunk
+    return values
+
+
+def _parse_coco_counts(data: bytes, total: int) -> np.ndarray:
+    """Run lengths (int64) of a pycocotools counts string covering ``total`` pixels.
+
+    Inverse of step 3: from the fourth value on, a value is the difference to the value two
+    before it. At most ``total + 1`` runs (one per pixel and the leading run of 0s) and
+    values of at most ``total`` in size are accepted, so nothing overflows.
+    """
+    chars = np.frombuffer(data, dtype=np.uint8) - np.uint8(48)  # wraps below 48: > 63
     if chars.size == 0:
         return np.zeros(0, dtype=np.int64)
-    bad = (chars < 0) | (chars > 63)
+    bad = chars > 63
     if bad.any():
         char = chr(data[int(np.argmax(bad))])
         raise RLEError(f"bad character {char!r} in counts string {data[:40]!r}")
@@ -153,14 +221,15 @@ def _parse_coco_counts(data: bytes) -> np.ndarray:
     if not last[-1]:
         raise RLEError(f"truncated counts string {data[:40]!r}")
     ends = np.flatnonzero(last)
+    if ends.size > total + 1:
+        raise RLEError(f"counts string {data[:40]!r} holds {ends.size} runs, more than pixels")
     if int(np.diff(ends, prepend=-1).max()) > 11:
         raise RLEError(f"counts string {data[:40]!r} holds a value longer than 11 characters")
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    shift = 5 * (np.arange(chars.size) - np.repeat(starts, ends - starts + 1))
-    values = np.add.reduceat((chars & 0x1F) << shift, starts)
-    negative = (chars[ends] & 0x10) != 0
-    values[negative] -= np.int64(1) << (shift[ends[negative]] + 5)
-    # Undo the differences: counts[i] = values[i] + counts[i - 2] for i >= 3.
+    values = _parse_values(chars, ends)
+    if int(np.abs(values).max()) > _MAX_RUN:
+        raise RLEError(f"counts string {data[:40]!r} holds a value beyond 32-bit run lengths")
+    # Undo the differences: counts[i] = values[i] + counts[i - 2] for i >= 3. No overflow:
+    # at most 2**30 values per parity, each below 2**32.
     values[3::2] = np.cumsum(values[1::2])[1:]
     values[4::2] = np.cumsum(values[2::2])[1:]
     # Zero-length runs never come out of pycocotools' encoder, but they decode unambiguously
@@ -170,21 +239,88 @@ def _parse_coco_counts(data: bytes) -> np.ndarray:
     return values
 
 
-@functools.lru_cache(maxsize=1024)
-def _checked_counts(text: str | bytes, height: int, width: int) -> tuple[bytes, np.ndarray]:
-    """(pycocotools counts string, read-only runs) of a mask text covering height x width.
+def _covered(runs: np.ndarray, total: int) -> int:
+    """Pixels covered by ``runs``: exact when no run exceeds ``total``, else a float estimate
+    (then above ``total`` anyway), so that hostile runs cannot overflow the sum."""
+    if runs.size == 0:
+        return 0
+    if int(runs.max()) <= total:
+        return int(runs.sum())  # at most (total + 1) * total < 2**62
+    return int(runs.sum(dtype=np.float64))
 
-    Cached: a PredictionString repeats a cell's mask once per class.
+
+class _ByteBoundedCache:
+    """Least-recently-used cache whose entries total at most ``max_bytes`` (thread-safe).
+
+    An entry larger than a quarter of the budget is not kept.
     """
-    counts = _coco_counts_from_text(text)
-    runs = _parse_coco_counts(counts)
-    total = int(runs.sum())
-    if total != height * width:
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def info(self) -> tuple[int, int, int]:
+        with self._lock:
+            return len(self._entries), self.nbytes, self.max_bytes
+
+    def put(self, key: Hashable, value: Any, nbytes: int) -> None:
+        if nbytes > self.max_bytes // 4:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.nbytes -= old[1]
+            self._entries[key] = (value, nbytes)
+            self.nbytes += nbytes
+            while self.nbytes > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self.nbytes -= dropped
+
+
+_DECODED = _ByteBoundedCache(32 * 2**20)
+"""Decoded masks, by (text, height, width): a PredictionString repeats a cell's mask once per
+class, and the placeholder's text repeats on every row of its size."""
+
+
+def decoded_cache_info() -> tuple[int, int, int]:
+    """``(entries, bytes, max bytes)`` of the cache of decoded mask texts.
+
+    The cache holds recently decoded masks (a PredictionString repeats each cell's mask once
+    per class) and is bounded by bytes, not by entries: a mask larger than a quarter of the
+    budget is never kept.
+
+    >>> decoded_cache_info()[2]
+    33554432
+    """
+    return _DECODED.info()
+
+
+def _checked_counts(text: str | bytes, height: int, width: int) -> tuple[bytes, np.ndarray]:
+    """(pycocotools counts string, read-only runs) of a mask text covering height x width."""
+    key = (text, height, width)
+    cached = _DECODED.get(key)
+    if cached is not None:
+        return cached
+    total = height * width
+    counts = _coco_counts_from_text(text, max_counts_bytes(height, width))
+    runs = _parse_coco_counts(counts, total)
+    covered = _covered(runs, total)
+    if covered != total:
         raise RLEError(
-            f"mask text covers {total} pixels, expected height*width = {height}*{width} = "
-            f"{height * width}"
+            f"mask text covers {covered} pixels, expected height*width = {height}*{width} = {total}"
         )
     runs.flags.writeable = False
+    _DECODED.put(key, (counts, runs), len(text) + len(counts) + runs.nbytes)
     return counts, runs
 
 
@@ -202,6 +338,15 @@ def mask_counts(text: str | bytes, height: int, width: int) -> np.ndarray:
     [2, 3, 1]
     """
     return _checked(text, height, width)[1].copy()
+
+
+def mask_area(text: str | bytes, height: int, width: int) -> int:
+    """Number of set pixels of a mask text (validated like :func:`mask_counts`, no pixels made).
+
+    >>> mask_area("eNozMjYEAAEwAJc=", 2, 3), mask_area(empty_mask_string(2, 3), 2, 3)
+    (3, 0)
+    """
+    return int(_checked(text, height, width)[1][1::2].sum())
 
 
 def encode_binary_mask(mask: np.ndarray) -> str:
@@ -249,14 +394,17 @@ def _text_from_runs(runs: np.ndarray, height: int, width: int) -> str:
     return _text_from_coco_counts(coco["counts"])
 
 
-@functools.lru_cache(maxsize=64)
 def empty_mask_string(height: int, width: int) -> str:
     """Mask text of the all-False ``(height, width)`` mask (built from its one run, no pixels).
 
     >>> empty_mask_string(3072, 3072)
     'eNoLCAgIsAQABJ4Beg=='
     """
-    height, width = _check_size(height, width)
+    return _empty_mask_string(*_check_size(height, width))  # checked before the cache: 2.0 == 2
+
+
+@functools.lru_cache(maxsize=64)
+def _empty_mask_string(height: int, width: int) -> str:
     return _text_from_runs(np.array([height * width], dtype=np.int64), height, width)
 
 

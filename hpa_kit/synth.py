@@ -398,6 +398,27 @@ def _place_centers(
 def _layout(
     rng: np.random.Generator, shape: tuple[int, int], config: SynthConfig
 ) -> tuple[np.ndarray, np.ndarray, list[_Cell]]:
+    """``(cell labels, nuclei labels, kept cells)``: cells drawn and placed, pixels given to
+    the nearest cell, then each cell settled (one piece, a nucleus inside) or dropped."""
+    cells = _draw_cells(rng, shape, config)
+    labels = _assign_pixels(rng, shape, cells)
+    nuclei = np.zeros(shape, dtype=np.int32)
+    keep = np.zeros(len(cells) + 1, dtype=bool)
+    for index, cell in enumerate(cells, start=1):
+        nucleus = _settle_cell(labels, cell, index)
+        if nucleus is not None:
+            keep[index] = True
+            nuclei[cell.box][nucleus] = index
+    lut = np.zeros(len(cells) + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    kept = [cell for index, cell in enumerate(cells, start=1) if keep[index]]
+    return lut[labels], lut[nuclei], kept
+
+
+def _draw_cells(
+    rng: np.random.Generator, shape: tuple[int, int], config: SynthConfig
+) -> list[_Cell]:
+    """Cell count, radii, centres (dart throwing), shapes and nuclei of one image."""
     height, width = shape
     unit = math.sqrt(height * width)
     count = int(rng.integers(config.cells[0], config.cells[1] + 1))
@@ -429,7 +450,16 @@ def _layout(
                 nucleus_harmonics=_harmonics(rng, 0.12),
             )
         )
+    return cells
 
+
+def _assign_pixels(
+    rng: np.random.Generator, shape: tuple[int, int], cells: list[_Cell]
+) -> np.ndarray:
+    """Label image (cells 1..N in list order) where each pixel goes to the cell of smallest
+    normalised distance below 1 (a weighted Voronoi split); sets each cell's box and
+    distance field."""
+    height, width = shape
     best = np.full(shape, np.inf, dtype=np.float32)
     owner = np.zeros(shape, dtype=np.int32)
     for index, cell in enumerate(cells, start=1):
@@ -448,55 +478,52 @@ def _layout(
         closer = dist < local_best
         local_best[closer] = dist[closer]
         owner[cell.box][closer] = index
-    labels = np.where(best < 1.0, owner, 0).astype(np.int32)
+    return np.where(best < 1.0, owner, 0).astype(np.int32)
 
+
+def _settle_cell(labels: np.ndarray, cell: _Cell, index: int) -> np.ndarray | None:
+    """Keep only cell ``index``'s piece around its centre (in ``labels``, in place), shrink
+    its box to that piece and draw its nucleus there; returns the nucleus mask (in the box),
+    or None when the cell is too small or its nucleus mostly outside the image (drop it)."""
     from scipy import ndimage as ndi
 
-    nuclei = np.zeros(shape, dtype=np.int32)
-    keep = np.zeros(len(cells) + 1, dtype=bool)
-    for index, cell in enumerate(cells, start=1):
-        box_labels = labels[cell.box]
-        own = box_labels == index
-        pieces, count = ndi.label(own)
-        if count > 1:  # a weighted Voronoi region can split: keep the piece nearest the centre
-            sizes = np.bincount(pieces.ravel(), minlength=count + 1)
-            centre = pieces[cell.distance < 0.35]
-            votes = np.bincount(centre[centre > 0], minlength=count + 1)
-            best_piece = int(np.argmax(votes[1:] * (sizes.max() + 1) + sizes[1:])) + 1
-            box_labels[own & (pieces != best_piece)] = 0
-            own = pieces == best_piece
-        rows_any = np.flatnonzero(own.any(axis=1))
-        cols_any = np.flatnonzero(own.any(axis=0))
-        if rows_any.size == 0:
-            continue
-        # from here on the cell works in its tight bounding box
-        crop = (slice(rows_any[0], rows_any[-1] + 1), slice(cols_any[0], cols_any[-1] + 1))
-        r0, c0 = cell.box[0].start, cell.box[1].start
-        cell.box = (
-            slice(r0 + crop[0].start, r0 + crop[0].stop),
-            slice(c0 + crop[1].start, c0 + crop[1].stop),
-        )
-        own = own[crop]
-        cell.distance = cell.distance[crop]
-        cell.nucleus_distance = _distance_field(
-            cell.box,
-            cell.nucleus_center,
-            cell.nucleus_axes,
-            cell.nucleus_angle,
-            cell.nucleus_harmonics,
-            max(1, int(cell.radius / 60.0)),
-        )
-        nucleus = own & (cell.nucleus_distance < 1.0) & (cell.distance < 0.92)
-        na, nb = cell.nucleus_axes
-        keep[index] = (
-            own.sum() >= 0.2 * math.pi * cell.radius**2 and nucleus.sum() >= 0.3 * math.pi * na * nb
-        )
-        if keep[index]:
-            nuclei[cell.box][nucleus] = index
-    lut = np.zeros(len(cells) + 1, dtype=np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    kept = [cell for index, cell in enumerate(cells, start=1) if keep[index]]
-    return lut[labels], lut[nuclei], kept
+    box_labels = labels[cell.box]
+    own = box_labels == index
+    pieces, count = ndi.label(own)
+    if count > 1:  # a weighted Voronoi region can split: keep the piece nearest the centre
+        sizes = np.bincount(pieces.ravel(), minlength=count + 1)
+        centre = pieces[cell.distance < 0.35]
+        votes = np.bincount(centre[centre > 0], minlength=count + 1)
+        best_piece = int(np.argmax(votes[1:] * (sizes.max() + 1) + sizes[1:])) + 1
+        box_labels[own & (pieces != best_piece)] = 0
+        own = pieces == best_piece
+    rows_any = np.flatnonzero(own.any(axis=1))
+    cols_any = np.flatnonzero(own.any(axis=0))
+    if rows_any.size == 0:
+        return None
+    # from here on the cell works in its tight bounding box
+    crop = (slice(rows_any[0], rows_any[-1] + 1), slice(cols_any[0], cols_any[-1] + 1))
+    r0, c0 = cell.box[0].start, cell.box[1].start
+    cell.box = (
+        slice(r0 + crop[0].start, r0 + crop[0].stop),
+        slice(c0 + crop[1].start, c0 + crop[1].stop),
+    )
+    own = own[crop]
+    cell.distance = cell.distance[crop]
+    cell.nucleus_distance = _distance_field(
+        cell.box,
+        cell.nucleus_center,
+        cell.nucleus_axes,
+        cell.nucleus_angle,
+        cell.nucleus_harmonics,
+        max(1, int(cell.radius / 60.0)),
+    )
+    nucleus = own & (cell.nucleus_distance < 1.0) & (cell.distance < 0.92)
+    na, nb = cell.nucleus_axes
+    big_enough = own.sum() >= 0.2 * math.pi * cell.radius**2
+    if big_enough and nucleus.sum() >= 0.3 * math.pi * na * nb:
+        return nucleus
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -718,46 +745,75 @@ def _render(
     classes: Mapping[int, tuple[int, ...]],
     config: SynthConfig,
 ) -> np.ndarray:
+    """The ``(height, width, 4)`` uint8 image: each cell's channels, then optics and noise."""
     from hpa_kit.viz import find_outlines
 
     cv2 = _cv2()
     height, width = labels.shape
-    unit = math.sqrt(height * width)
     planes = np.zeros((4, height, width), dtype=np.float32)  # red, green, blue, yellow
     outline = find_outlines(labels)
     edge_distance = cv2.distanceTransform(
         np.where(outline | (labels == 0), 0, 1).astype(np.uint8), cv2.DIST_L2, 5
     )
     for cell_id, cell in enumerate(cells, start=1):
-        box = cell.box
-        own = labels[box] == cell_id
-        nuc = nuclei[box] == cell_id
-        r0, c0 = box[0].start, box[1].start
-        geometry = _Geometry(
-            cell=own,
-            nucleus=nuc,
-            cytoplasm=own & ~nuc,
-            distance=cell.distance,
-            nucleus_distance=cell.nucleus_distance,
-            edge_distance=edge_distance[box],
-            radius=cell.radius,
-            nucleus_radius=math.sqrt(cell.nucleus_axes[0] * cell.nucleus_axes[1]),
-            nucleus_center=(cell.nucleus_center[0] - r0, cell.nucleus_center[1] - c0),
-        )
-        levels = rng.uniform((110.0, 90.0, 80.0, 100.0), (200.0, 230.0, 170.0, 200.0))
-        chromatin = 0.8 + 0.2 * _smooth_noise(rng, own.shape, 0.2 * geometry.nucleus_radius)
-        blue = _soft_inside(cell.nucleus_distance, 0.15) * chromatin * nuc
-        green = np.zeros(own.shape, dtype=np.float32)
-        for cls in classes[cell_id]:
-            green = green + _PATTERNS[cls](rng, geometry)
-        # red and yellow dim towards every cell border (neighbours too), as in real cells
-        border = np.clip(geometry.edge_distance / max(1.0, 0.08 * cell.radius), 0.0, 1.0)
-        border = 0.5 + 0.5 * border
-        planes[0][box] += levels[0] * _microtubules(rng, geometry) * border
-        planes[1][box] += levels[1] * np.clip(green, 0.0, 1.2)
-        planes[2][box] += levels[2] * blue
-        planes[3][box] += levels[3] * _er(rng, geometry) * border
+        geometry = _cell_geometry(labels, nuclei, cell_id, cell, edge_distance)
+        _draw_cell(rng, planes, cell, geometry, classes[cell_id])
+    _add_optics(rng, planes, config)
+    return _quantise(rng, planes, config)
 
+
+def _cell_geometry(
+    labels: np.ndarray, nuclei: np.ndarray, cell_id: int, cell: _Cell, edge_distance: np.ndarray
+) -> _Geometry:
+    """The local geometry of one cell, in its box."""
+    box = cell.box
+    own = labels[box] == cell_id
+    nuc = nuclei[box] == cell_id
+    r0, c0 = box[0].start, box[1].start
+    return _Geometry(
+        cell=own,
+        nucleus=nuc,
+        cytoplasm=own & ~nuc,
+        distance=cell.distance,
+        nucleus_distance=cell.nucleus_distance,
+        edge_distance=edge_distance[box],
+        radius=cell.radius,
+        nucleus_radius=math.sqrt(cell.nucleus_axes[0] * cell.nucleus_axes[1]),
+        nucleus_center=(cell.nucleus_center[0] - r0, cell.nucleus_center[1] - c0),
+    )
+
+
+def _draw_cell(
+    rng: np.random.Generator,
+    planes: np.ndarray,
+    cell: _Cell,
+    geometry: _Geometry,
+    classes: tuple[int, ...],
+) -> None:
+    """Add one cell's four channels to ``planes`` (in place), in its box."""
+    box = cell.box
+    own, nuc = geometry.cell, geometry.nucleus
+    levels = rng.uniform((110.0, 90.0, 80.0, 100.0), (200.0, 230.0, 170.0, 200.0))
+    chromatin = 0.8 + 0.2 * _smooth_noise(rng, own.shape, 0.2 * geometry.nucleus_radius)
+    blue = _soft_inside(cell.nucleus_distance, 0.15) * chromatin * nuc
+    green = np.zeros(own.shape, dtype=np.float32)
+    for cls in classes:
+        green = green + _PATTERNS[cls](rng, geometry)
+    # red and yellow dim towards every cell border (neighbours too), as in real cells
+    border = np.clip(geometry.edge_distance / max(1.0, 0.08 * cell.radius), 0.0, 1.0)
+    border = 0.5 + 0.5 * border
+    planes[0][box] += levels[0] * _microtubules(rng, geometry) * border
+    planes[1][box] += levels[1] * np.clip(green, 0.0, 1.2)
+    planes[2][box] += levels[2] * blue
+    planes[3][box] += levels[3] * _er(rng, geometry) * border
+
+
+def _add_optics(rng: np.random.Generator, planes: np.ndarray, config: SynthConfig) -> None:
+    """Blur, out-of-focus haze (red, yellow), uneven illumination and background offsets,
+    in place."""
+    cv2 = _cv2()
+    height, width = planes.shape[1:]
+    unit = math.sqrt(height * width)
     blur = 0.0006 * unit
     for c in range(4):
         planes[c] = _blur(planes[c], blur)
@@ -772,6 +828,11 @@ def _render(
     planes *= light[None]
     planes += offsets[:, None, None]
     np.maximum(planes, 0.0, out=planes)
+
+
+def _quantise(rng: np.random.Generator, planes: np.ndarray, config: SynthConfig) -> np.ndarray:
+    """Signal-dependent noise added to ``planes`` (in place), then rounded to uint8 HxWx4."""
+    height, width = planes.shape[1:]
     sigma = np.sqrt(np.float32(config.noise**2) + np.float32(0.3) * planes)
     # triangular noise (sum of two uniform bytes) scaled to unit variance: close to Gaussian,
     # and several times cheaper to draw than standard_normal at these sizes
@@ -785,8 +846,7 @@ def _render(
     np.minimum(planes, np.float32(254.5), out=planes)
     np.maximum(planes, np.float32(-0.5), out=planes)
     planes += np.float32(0.5)  # round half up when truncating to uint8
-    out = _cv2().merge(list(planes.astype(np.uint8)))
-    return out
+    return _cv2().merge(list(planes.astype(np.uint8)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -847,12 +907,41 @@ def write_dataset(
     that fails to write is recorded in ``failures`` and left out of the CSVs; the others go on.
     ``progress=False`` hides the progress bar.
     """
-    import pandas as pd
-
-    from hpa_kit.io import write_channels, write_label_image
     from hpa_kit.progress import progress_bar
-    from hpa_kit.submission import placeholder_prediction_string, read_sample, write_submission
 
+    _check_dataset_args(n, seed, id_prefix)
+    height, width = _size(size)
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+
+    labels_rows: dict[str, str] = {}
+    truths: dict[str, str] = {}
+    failures: dict[str, str] = {}
+    num_cells = 0
+    for k in progress_bar(range(int(n)), enabled=progress, desc="synth", unit="image"):
+        image_id = f"{id_prefix}_{k:05d}"
+        try:
+            synth = generate_image(size=(height, width), seed=(int(seed), k), config=config)
+            truths[image_id] = _write_image(out, image_id, synth)
+        except (OSError, ValueError) as exc:
+            failures[image_id] = f"{type(exc).__name__}: {exc}"
+            continue
+        labels_rows[image_id] = synth.label_string
+        num_cells += synth.num_cells
+    train_csv, sample_path, truth_path = _write_tables(out, labels_rows, truths, (height, width))
+    return SynthDataset(
+        out=out,
+        ids=tuple(labels_rows),
+        train_csv=train_csv,
+        sample_submission=sample_path,
+        truth=truth_path,
+        num_cells=num_cells,
+        failures=failures,
+    )
+
+
+def _check_dataset_args(n: int, seed: int, id_prefix: str) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -861,37 +950,32 @@ def write_dataset(
         raise ValueError(
             f"id_prefix must be non-empty without '/', '\\', ' ' or ',', got {id_prefix!r}"
         )
-    height, width = _size(size)
-    out = Path(out)
-    images_dir, masks_dir = out / "images", out / "masks"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    masks_dir.mkdir(parents=True, exist_ok=True)
 
-    ids: list[str] = []
-    labels_rows: list[str] = []
-    truths: dict[str, str] = {}
-    failures: dict[str, str] = {}
-    num_cells = 0
-    for k in progress_bar(range(int(n)), enabled=progress, desc="synth", unit="image"):
-        image_id = f"{id_prefix}_{k:05d}"
-        try:
-            synth = generate_image(size=(height, width), seed=(int(seed), k), config=config)
-            if synth.num_cells == 0:
-                raise ValueError("no cells were generated (cells too small for the image?)")
-            write_channels(images_dir, image_id, synth.image)
-            write_label_image(masks_dir / f"{image_id}_cells.png", synth.cell_labels)
-            write_label_image(masks_dir / f"{image_id}_nuclei.png", synth.nuclei_labels)
-            truth = _truth_string(synth)
-        except (OSError, ValueError) as exc:
-            failures[image_id] = f"{type(exc).__name__}: {exc}"
-            continue
-        ids.append(image_id)
-        labels_rows.append(synth.label_string)
-        truths[image_id] = truth
-        num_cells += synth.num_cells
 
+def _write_image(out: Path, image_id: str, synth: SynthImage) -> str:
+    """Write one image's channels and label images; returns its truth PredictionString."""
+    from hpa_kit.io import write_channels, write_label_image
+
+    if synth.num_cells == 0:
+        raise ValueError("no cells were generated (cells too small for the image?)")
+    write_channels(out / "images", image_id, synth.image)
+    write_label_image(out / "masks" / f"{image_id}_cells.png", synth.cell_labels)
+    write_label_image(out / "masks" / f"{image_id}_nuclei.png", synth.nuclei_labels)
+    return _truth_string(synth)
+
+
+def _write_tables(
+    out: Path, labels: Mapping[str, str], truths: Mapping[str, str], shape: tuple[int, int]
+) -> tuple[Path, Path, Path]:
+    """``train.csv``, ``sample_submission.csv`` and ``truth.csv`` of the written images."""
+    import pandas as pd
+
+    from hpa_kit.submission import placeholder_prediction_string, read_sample, write_submission
+
+    height, width = shape
+    ids = list(labels)
     train_csv = out / "train.csv"
-    pd.DataFrame({"ID": ids, "Label": labels_rows}).to_csv(train_csv, index=False)
+    pd.DataFrame({"ID": ids, "Label": list(labels.values())}).to_csv(train_csv, index=False)
     sample_path = out / "sample_submission.csv"
     placeholder = placeholder_prediction_string(height, width)
     pd.DataFrame(
@@ -904,15 +988,7 @@ def write_dataset(
     ).to_csv(sample_path, index=False)
     truth_path = out / "truth.csv"
     write_submission(truth_path, truths, read_sample(sample_path))
-    return SynthDataset(
-        out=out,
-        ids=tuple(ids),
-        train_csv=train_csv,
-        sample_submission=sample_path,
-        truth=truth_path,
-        num_cells=num_cells,
-        failures=failures,
-    )
+    return train_csv, sample_path, truth_path
 
 
 def class_counts(images: Sequence[SynthImage]) -> np.ndarray:

@@ -26,6 +26,12 @@ not a cell edge.
 [[0, 1, 0], [0, 1, 1], [0, 1, 1]]
 >>> composite(np.array([[[10, 20, 30, 40]]], dtype=np.uint8)).tolist()
 [[[30, 40, 30]]]
+
+Text
+----
+Classes are written by their short names (:data:`hpa_kit.labels.SHORT_NAMES`); a text block
+is centred on its cell and shifted just enough to lie wholly inside the image, so a cell cut
+by the image edge keeps a readable label.
 """
 
 from __future__ import annotations
@@ -43,11 +49,17 @@ __all__ = [
     "composite",
     "draw_outlines",
     "find_outlines",
+    "COMPARISON_TITLES",
     "overlay",
+    "prediction_vs_truth",
     "save_png",
+    "side_by_side",
 ]
 
 _KNOWN = ("red", "green", "blue", "yellow")
+
+COMPARISON_TITLES = ("predicted: cell id, top classes", "truth: true classes")
+"""Legend of :func:`prediction_vs_truth`'s two panels (left, right)."""
 
 
 def _cv2():
@@ -123,18 +135,12 @@ def find_outlines(labels: np.ndarray) -> np.ndarray:
 
     >>> find_outlines(np.array([[0, 0, 0], [0, 3, 0], [0, 0, 0]])).astype(int).tolist()
     [[0, 0, 0], [0, 1, 0], [0, 0, 0]]
+    >>> find_outlines(np.array([[2, 2, 2, 2], [2, 1, 1, 2]])).astype(int).tolist()
+    [[0, 1, 1, 0], [1, 1, 1, 1]]
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
-    edge = np.zeros(labels.shape, dtype=bool)
-    vertical = labels[1:, :] != labels[:-1, :]
-    horizontal = labels[:, 1:] != labels[:, :-1]
-    edge[1:, :] |= vertical
-    edge[:-1, :] |= vertical
-    edge[:, 1:] |= horizontal
-    edge[:, :-1] |= horizontal
-    return edge & (labels > 0)
+    from hpa_kit._boundary import label_boundaries
+
+    return label_boundaries(labels, connectivity=4, background=True)
 
 
 def draw_outlines(
@@ -182,7 +188,8 @@ def annotate_cells(
     """A copy of ``rgb`` with ``texts[cell]`` written at each cell's centroid.
 
     Lines of a text (split on ``"\\n"``) are centred on the centroid and drawn with a dark
-    edge so they read on any background. ``font_scale`` defaults to one that grows with the
+    edge so they read on any background; a block that would cross the image edge is moved
+    inside it. ``font_scale`` defaults to one that grows with the
     image (0.35 at 490 px and below, about 1.5 at 2048 px). Raises ``ValueError`` for a
     cell id that is not in ``labels``.
     """
@@ -205,14 +212,12 @@ def annotate_cells(
         cell = int(cell)
         sl = objects[cell - 1]
         rows, cols = np.nonzero(labels[sl] == cell)
-        cy = rows.mean() + sl[0].start
-        cx = cols.mean() + sl[1].start
+        centre = (rows.mean() + sl[0].start, cols.mean() + sl[1].start)
         lines = str(text).split("\n")
-        sizes = [cv2.getTextSize(line, font, scale, thickness) for line in lines]
-        line_h = max(h + base for (_, h), base in sizes) + thickness
-        top = cy - line_h * len(lines) / 2.0
-        for k, (line, ((w, h), _)) in enumerate(zip(lines, sizes, strict=True)):
-            org = (int(round(cx - w / 2.0)), int(round(top + line_h * k + h)))
+        origins, block = _text_block(lines, font, scale, thickness)
+        top, left = _place(block, centre, labels.shape)
+        for line, (x, y) in zip(lines, origins, strict=True):
+            org = (left + x, top + y)
             cv2.putText(out, line, org, font, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
             cv2.putText(
                 out, line, org, font, scale, tuple(int(v) for v in color), thickness, cv2.LINE_AA
@@ -220,12 +225,58 @@ def annotate_cells(
     return out
 
 
+def _text_block(
+    lines: Sequence[str], font: int, scale: float, thickness: int
+) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Origins of ``lines`` (each centred under the widest) relative to the top left of the
+    pixels they ink, dark edge included, and that block's ``(height, width)``.
+
+    The block is measured by drawing it, not from ``cv2.getTextSize``: the drawn text,
+    anti-aliased with its dark edge, reaches several pixels past the reported box."""
+    cv2 = _cv2()
+    sizes = [cv2.getTextSize(line, font, scale, thickness) for line in lines]
+    line_h = max(h + base for (_, h), base in sizes) + thickness
+    block_w = max(w for (w, _), _ in sizes)
+    margin = 2 * line_h + 2 * thickness
+    origins = [
+        (margin + (block_w - w) // 2, margin + line_h * k + h)
+        for k, ((w, h), _) in enumerate(sizes)
+    ]
+    canvas = np.zeros((line_h * len(lines) + 2 * margin, block_w + 2 * margin), np.uint8)
+    for line, org in zip(lines, origins, strict=True):
+        cv2.putText(canvas, line, org, font, scale, 255, thickness + 2, cv2.LINE_AA)
+    rows, cols = np.nonzero(canvas)
+    if rows.size == 0:  # blank text
+        return origins, (0, 0)
+    r0, c0 = int(rows.min()), int(cols.min())
+    block = (int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1)
+    return [(x - c0, y - r0) for x, y in origins], block
+
+
+def _place(
+    block: tuple[int, int], centre: tuple[float, float], shape: tuple[int, int]
+) -> tuple[int, int]:
+    """Top left ``(row, col)`` of a ``block`` centred on ``centre``, moved as a whole to lie
+    at least one pixel inside an image of ``shape``; a block too large for the image starts at
+    its top left corner.
+
+    >>> _place((10, 20), (50.0, 50.0), (100, 100)), _place((10, 20), (2.0, 95.0), (100, 100))
+    ((45, 40), (1, 79))
+    """
+    (block_h, block_w), (height, width) = block, shape
+    top = max(min(round(centre[0] - block_h / 2.0), height - 1 - block_h), 1)
+    left = max(min(round(centre[1] - block_w / 2.0), width - 1 - block_w), 1)
+    return top, left
+
+
 def _cell_text(cell: int, probs: Sequence[float] | None, top_k: int) -> str:
+    from hpa_kit.labels import SHORT_NAMES
+
     if probs is None or top_k == 0:
         return str(cell)
     values = np.asarray(probs, dtype=np.float64).ravel()
     order = np.argsort(-values, kind="stable")[:top_k]
-    return "\n".join([str(cell)] + [f"{int(c)}:{values[c]:.2f}" for c in order])
+    return "\n".join([str(cell)] + [f"{SHORT_NAMES[c]} {values[c]:.2f}" for c in order])
 
 
 def overlay(
@@ -241,7 +292,8 @@ def overlay(
 
     Each cell is labelled with its id; with ``probs`` (cell id -> per-class probabilities,
     e.g. ``dict(zip(cell_ids, probs))`` from the predictor) the ``top_k`` classes follow as
-    ``class:confidence`` lines. ``thickness`` defaults to 1 px per 512 px of image side.
+    ``short name confidence`` lines (``Cytosol 0.91``, :data:`hpa_kit.labels.SHORT_NAMES`).
+    ``thickness`` defaults to 1 px per 512 px of image side.
     """
     rgb = composite(image, channels=channels)
     labels = _check_labels(labels, rgb.shape)
@@ -278,3 +330,89 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     tmp.write_bytes(data.tobytes())
     os.replace(tmp, path)
     return path
+
+
+def side_by_side(
+    panels: Sequence[np.ndarray],
+    *,
+    titles: Sequence[str] | None = None,
+    gap: int = 4,
+    font_scale: float | None = None,
+) -> np.ndarray:
+    """RGB panels of one height in a row, ``gap`` white columns apart, with ``titles[i]``
+    written in a dark strip above panel ``i`` (the legend of a comparison).
+
+    >>> a, b = np.zeros((2, 3, 3), np.uint8), np.full((2, 1, 3), 9, np.uint8)
+    >>> side_by_side([a, b], gap=1)[..., 0].tolist()
+    [[0, 0, 0, 255, 9], [0, 0, 0, 255, 9]]
+    """
+    panels = [_check_rgb(p, f"panels[{i}]") for i, p in enumerate(panels)]
+    if not panels or len({p.shape[0] for p in panels}) != 1:
+        raise ValueError(
+            f"side_by_side needs panels of one height, got {[p.shape[:2] for p in panels]}"
+        )
+    if gap < 0 or (titles is not None and len(titles) != len(panels)):
+        raise ValueError(f"need gap >= 0 and one title per panel, got gap {gap}, {titles}")
+    height = panels[0].shape[0]
+    row: list[np.ndarray] = []
+    for i, panel in enumerate(panels):
+        if i:
+            row.append(np.full((height, gap, 3), 255, dtype=np.uint8))
+        row.append(panel)
+    body = np.hstack(row)
+    if titles is None:
+        return body
+    return np.vstack([_title_strip(panels, titles, gap, font_scale), body])
+
+
+def _title_strip(
+    panels: Sequence[np.ndarray], titles: Sequence[str], gap: int, font_scale: float | None
+) -> np.ndarray:
+    """A dark strip as wide as the row of ``panels``, each title at its panel's left."""
+    cv2 = _cv2()
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = _default_font_scale(panels[0].shape) if font_scale is None else float(font_scale)
+    thickness = max(1, round(scale * 1.5))
+    sizes = [cv2.getTextSize(t, font, scale, thickness) for t in titles]
+    text_h = max(h + base for (_, h), base in sizes)
+    pad = max(2, text_h // 3)
+    width = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1)
+    strip = np.full((text_h + 2 * pad, width, 3), 32, dtype=np.uint8)
+    left = 0
+    for panel, title, ((_, h), _) in zip(panels, titles, sizes, strict=True):
+        org = (left + pad, pad + h)
+        cv2.putText(strip, title, org, font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+        left += panel.shape[1] + gap
+    return strip
+
+
+def prediction_vs_truth(
+    image: np.ndarray,
+    prediction: str,
+    truth: str,
+    *,
+    top_k: int = 2,
+    channels: Sequence[str] = CHANNELS,
+) -> np.ndarray:
+    """One image's predicted cells beside its true cells, as one RGB picture.
+
+    ``prediction`` and ``truth`` are PredictionStrings of the image (a submission row and a
+    truth row, :mod:`hpa_kit.submission`). Left: :func:`overlay` of the predicted cells (id,
+    then the ``top_k`` classes by short name and confidence). Right: the true cells' outlines
+    and the short names of their classes. A legend (:data:`COMPARISON_TITLES`) sits above.
+    """
+    from hpa_kit.labels import SHORT_NAMES
+    from hpa_kit.submission import prediction_label_image
+
+    height, width = np.asarray(image).shape[:2]
+    labels, probs = prediction_label_image(prediction, height, width)
+    probs_of = {cell: p for cell, p in enumerate(probs, start=1)}
+    left = overlay(image, labels, probs=probs_of, top_k=top_k, channels=channels)
+    truth_labels, true_probs = prediction_label_image(truth, height, width)
+    texts = {
+        cell: "\n".join(SHORT_NAMES[c] for c in np.flatnonzero(p > 0))
+        for cell, p in enumerate(true_probs, start=1)
+    }
+    rgb = draw_outlines(composite(image, channels=channels), truth_labels)
+    right = annotate_cells(rgb, truth_labels, texts)
+    return side_by_side([left, right], titles=COMPARISON_TITLES)

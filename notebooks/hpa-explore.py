@@ -42,9 +42,12 @@ if not SEG_WEIGHTS and not CLASSICAL and ON_KAGGLE:
     SEG_WEIGHTS = str(found[0].parent) if found else ""
 CLASSICAL = CLASSICAL or not SEG_WEIGHTS  # no weights: the classical segmenter
 
-# %% install: nothing if importable; offline from WHEELS (Kaggle); else online (Colab)
+# %% install: nothing if installed; offline from WHEELS (Kaggle); else online (Colab)
 PIP = [sys.executable, "-m", "pip", "install", "--quiet"]
-if importlib.util.find_spec("hpa_kit") is None:
+module_spec = importlib.util.find_spec("hpa_kit")
+# origin None: only a folder named hpa_kit (e.g. a source checkout in the working
+# directory) was found, a namespace package without the code: install the wheel anyway.
+if module_spec is None or module_spec.origin is None:
     if not (WHEELS or HPA_KIT_SPEC):
         raise RuntimeError("hpa_kit is missing: attach the wheels dataset or set HPA_KIT_SPEC")
     source = ["--no-index", "--find-links", WHEELS, "hpa_kit"] if WHEELS else [HPA_KIT_SPEC]
@@ -60,11 +63,12 @@ import numpy as np  # noqa: E402
 from IPython.display import display  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import hpa_kit  # noqa: E402
 from hpa_kit import io, viz  # noqa: E402
 from hpa_kit.labels import CLASS_NAMES  # noqa: E402
 
 image_id = IMAGE_ID or io.list_image_ids(IMAGES)[0]
-image = io.read_image(IMAGES, image_id)  # H x W x 4 uint8, RGBY
+image = hpa_kit.read_image(IMAGES, image_id)  # H x W x 4 uint8, RGBY
 view = io.resize_area(image, VIEW_SIZE)
 print(f"{image_id}: {image.shape[1]} x {image.shape[0]} px")
 display(Image.fromarray(np.hstack([view[..., k] for k in range(4)])))
@@ -74,12 +78,10 @@ OUT.mkdir(parents=True, exist_ok=True)
 display(Image.fromarray(viz.composite(view)))
 
 # %% segmentation
-from hpa_kit.segment import ClassicalSegmenter, NetworkSegmenter  # noqa: E402
-
 segmenter = (
-    ClassicalSegmenter(scale=SEG_SCALE)
+    hpa_kit.ClassicalSegmenter(scale=SEG_SCALE)
     if CLASSICAL
-    else NetworkSegmenter.from_dir(SEG_WEIGHTS, scale=SEG_SCALE)
+    else hpa_kit.NetworkSegmenter.from_dir(SEG_WEIGHTS, scale=SEG_SCALE)
 )
 ((nuclei, cells),) = segmenter.segment([image])
 print(f"{segmenter}: {cells.max()} cells, {nuclei.max()} nuclei")
@@ -90,11 +92,11 @@ display(Image.fromarray(io.resize_area(outlined, VIEW_SIZE)))
 # %% per-cell predictions (with HPA_MODELS)
 probs = None
 if MODELS and cells.max() > 0:
-    from hpa_kit.predict import PredictOptions, load_ensemble, predict_image
+    from hpa_kit.predict import load_ensemble, predict_image
 
     classifiers = load_ensemble([p for p in MODELS.split(os.pathsep) if p], "cpu")
     cell_ids, cell_probs = predict_image(
-        image, cells, classifiers, options=PredictOptions(tta=TTA, num_workers=0)
+        image, cells, classifiers, options=hpa_kit.PredictOptions(tta=TTA, num_workers=0)
     )
     probs = dict(zip(cell_ids.tolist(), cell_probs, strict=True))
     print("mean probability over cells:")

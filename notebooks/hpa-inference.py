@@ -53,6 +53,8 @@ BATCH_SIZE = int(os.environ.get("HPA_BATCH_SIZE", "64"))  # cell crops per forwa
 # Emit (cell, class) pairs with probability >= FLOOR; 0 = all 19 classes (a ~275 MB CSV).
 FLOOR = float(os.environ.get("HPA_FLOOR", "0"))
 NUM_WORKERS = int(os.environ.get("HPA_NUM_WORKERS", "2"))
+# Torch threads for classifying; empty: the cores the workers leave (at least 1).
+THREADS = os.environ.get("HPA_THREADS", "")
 DEVICE = os.environ.get("HPA_DEVICE", "auto")  # "auto": cuda when available
 
 if not WHEELS:  # Kaggle mounts datasets at INPUT/<slug> (or deeper: search 3 levels)
@@ -62,9 +64,12 @@ if not SEG_WEIGHTS and not CLASSICAL:
     found = sorted(INPUT.glob("**/dpn_unet_nuclei_v1.pth"))
     SEG_WEIGHTS = str(found[0].parent) if found else ""
 
-# %% install: nothing if importable; offline from WHEELS (Kaggle); else online (Colab)
+# %% install: nothing if installed; offline from WHEELS (Kaggle); else online (Colab)
 PIP = [sys.executable, "-m", "pip", "install", "--quiet"]
-if importlib.util.find_spec("hpa_kit") is None:
+module_spec = importlib.util.find_spec("hpa_kit")
+# origin None: only a folder named hpa_kit (e.g. a source checkout in the working
+# directory) was found, a namespace package without the code: install the wheel anyway.
+if module_spec is None or module_spec.origin is None:
     if not (WHEELS or HPA_KIT_SPEC):
         raise RuntimeError("hpa_kit is missing: attach the wheels dataset or set HPA_KIT_SPEC")
     source = ["--no-index", "--find-links", WHEELS, "hpa_kit"] if WHEELS else [HPA_KIT_SPEC]
@@ -76,9 +81,8 @@ if not CLASSICAL and importlib.util.find_spec("pytorch_zoo") is None:
 importlib.invalidate_caches()
 
 # %% inputs
-from hpa_kit.predict import PredictOptions, predict_folder  # noqa: E402
-from hpa_kit.segment import ClassicalSegmenter, NetworkSegmenter  # noqa: E402
-from hpa_kit.submission import validate_submission  # noqa: E402
+import hpa_kit  # noqa: E402
+from hpa_kit.predict import resolve_device  # noqa: E402
 
 if MODELS:
     checkpoints = [Path(p) for p in MODELS.split(os.pathsep) if p]
@@ -88,25 +92,27 @@ print(f"images: {IMAGES}\nsample: {SAMPLE}\ncheckpoints: {[str(c) for c in check
 print(f"segmentation: {'classical' if CLASSICAL else SEG_WEIGHTS}")
 
 # %% predict
-if DEVICE == "auto":
-    import torch
-
-    DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = resolve_device(DEVICE)  # "auto" -> cuda when available; a missing GPU says so here
 segmenter = (
-    ClassicalSegmenter(scale=SEG_SCALE)
+    hpa_kit.ClassicalSegmenter(scale=SEG_SCALE)
     if CLASSICAL
-    else NetworkSegmenter.from_dir(SEG_WEIGHTS, DEVICE, scale=SEG_SCALE)
+    else hpa_kit.NetworkSegmenter.from_dir(SEG_WEIGHTS, DEVICE, scale=SEG_SCALE)
 )
-options = PredictOptions(
-    tta=TTA, batch_size=BATCH_SIZE, floor=FLOOR, num_workers=NUM_WORKERS, device=DEVICE
+options = hpa_kit.PredictOptions(
+    tta=TTA,
+    batch_size=BATCH_SIZE,
+    floor=FLOOR,
+    num_workers=NUM_WORKERS,
+    threads=int(THREADS) if THREADS else None,
+    device=DEVICE,
 )
 OUT.mkdir(parents=True, exist_ok=True)
-report = predict_folder(
+report = hpa_kit.predict_folder(
     IMAGES, SAMPLE, checkpoints, out=OUT / "submission.csv", segmenter=segmenter, options=options
 )
 print(report.summary())
 
 # %% check the submission
-validation = validate_submission(OUT / "submission.csv", SAMPLE)
+validation = hpa_kit.validate_submission(OUT / "submission.csv", SAMPLE)
 print(validation.summary())
 assert validation.ok, "submission.csv does not match the sample submission"

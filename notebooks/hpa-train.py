@@ -61,9 +61,12 @@ if not WHEELS:  # Kaggle mounts datasets at INPUT/<slug> (or deeper: search 3 le
     found = sorted(INPUT.glob("*/hpa_kit-*.whl")) or sorted(INPUT.glob("*/*/*/hpa_kit-*.whl"))
     WHEELS = str(found[-1].parent) if found else ""
 
-# %% install: nothing if importable; offline from WHEELS (Kaggle); else online (Colab)
+# %% install: nothing if installed; offline from WHEELS (Kaggle); else online (Colab)
 PIP = [sys.executable, "-m", "pip", "install", "--quiet"]
-if importlib.util.find_spec("hpa_kit") is None:
+module_spec = importlib.util.find_spec("hpa_kit")
+# origin None: only a folder named hpa_kit (e.g. a source checkout in the working
+# directory) was found, a namespace package without the code: install the wheel anyway.
+if module_spec is None or module_spec.origin is None:
     if not (WHEELS or HPA_KIT_SPEC):
         raise RuntimeError("hpa_kit is missing: attach the wheels dataset or set HPA_KIT_SPEC")
     source = ["--no-index", "--find-links", WHEELS, "hpa_kit"] if WHEELS else [HPA_KIT_SPEC]

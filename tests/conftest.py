@@ -37,3 +37,32 @@ def samples_dir() -> Path:
 @pytest.fixture(scope="session")
 def sample_ids() -> tuple[str, ...]:
     return SAMPLE_IDS
+
+
+# --- shared by the predict test modules: made once per test run ---
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Two tiny random checkpoints: RGB at 32 px and RGBY at 48 px."""
+    import torch
+
+    from hpa_kit.model import ClassifierConfig, build_classifier, save_checkpoint
+
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    paths = []
+    rgb, rgby = ("red", "green", "blue"), ("red", "green", "blue", "yellow")
+    for name, channels, size in (("rgb32", rgb, 32), ("rgby48", rgby, 48)):
+        config = ClassifierConfig(arch="test_efficientnet", channels=channels, input_size=size)
+        model = build_classifier(config.arch, config.in_chans, config.num_classes).eval()
+        paths.append(save_checkpoint(root / name, model, config))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    """Three synthetic 256 px images and their sample submission (hpa_kit.synth)."""
+    from hpa_kit.synth import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("synth"), n=3, size=256, seed=0, progress=False)

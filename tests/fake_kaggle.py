@@ -4,7 +4,8 @@ The client (kaggle 2.2.5 / kagglesdk) is pointed at it without root and without 
 ``/etc/hosts``: ``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes it call
 ``http://localhost/api/v1/{service}/{Method}``, and ``HTTP_PROXY=http://127.0.0.1:PORT``
 sends those requests here in absolute form (``POST http://localhost/api/v1/... HTTP/1.1``);
-the path is taken from that URL. :func:`client_env` builds such an environment.
+the path is taken from that URL. :func:`client_env` builds such an environment, with the
+credentials in the environment, in ``kaggle.json`` or as an access token.
 
 What it answers (camelCase JSON, as kagglesdk reads it):
 
@@ -18,12 +19,24 @@ What it answers (camelCase JSON, as kagglesdk reads it):
   a ``PUT`` probing an earlier upload (``Content-Range: bytes */N``, sent by a rerun that
   found resumable-upload state in ``$TMPDIR``) gets 404, so the client restarts it;
 - ``CreateDataset`` / ``CreateDatasetVersion`` -> ``{status: "ok", url, ref}``, or
-  ``{status: "error", error}`` when ``dataset_error`` is set.
+  ``{status: "error", error}`` when ``dataset_error`` is set;
+- ``security.OAuthService/IntrospectToken`` -> ``{active, username}`` (an access token,
+  ``KAGGLE_API_TOKEN``, is accepted when it equals ``token``).
+
+Hostile modes: ``hang_on`` names a method (``"SaveKernel"``, ``"GetDatasetStatus"``,
+``"PUT"`` for the uploads, ...) whose requests are read and never answered (the connection
+stays open until :meth:`FakeKaggle.stop`); ``echo_credentials`` makes every API call but
+the token check fail with a message that quotes the credential the client sent (HTTP 403;
+a ``SaveKernel`` gets HTTP 200 with that message as ``error``, a refusal the kaggle CLI
+exits 0 on); ``garbage_on`` names a method answered with HTTP 200 and an HTML page (a
+proxy's error page).
 
 Every request is recorded in :attr:`FakeKaggle.calls` (method, path, parsed JSON body, the
 basic-auth user name); uploaded bytes are in :attr:`FakeKaggle.blobs`;
 :meth:`FakeKaggle.uploaded_files` maps the file names of the last create/version call to
-their bytes.
+their bytes. :func:`run_delivery` runs ``python -m hpa_kit.delivery`` in a fresh process (the
+kaggle client reads its environment at import); :func:`write_wheel` makes small valid wheel
+files for the staging tests.
 """
 
 from __future__ import annotations
@@ -32,14 +45,17 @@ import base64
 import itertools
 import json
 import os
+import subprocess
+import sys
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["Call", "FakeKaggle", "client_env"]
+__all__ = ["Call", "FakeKaggle", "client_env", "run_delivery", "write_wheel"]
 
 _API = "/api/v1/"
 
@@ -64,6 +80,10 @@ class FakeKaggle:
     dataset_error: str | None = None
     existing_datasets: set[str] = field(default_factory=set)
     failing_puts: int = 0  # answer this many upload PUTs with HTTP 500
+    token: str | None = None  # an access token accepted as "Bearer <token>"
+    hang_on: str | None = None  # a method name (or "PUT") never answered
+    echo_credentials: bool = False  # every API call fails quoting the credential sent
+    garbage_on: str | None = None  # a method answered 200 with an HTML page, not JSON
     calls: list[Call] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
     blob_names: dict[str, str] = field(default_factory=dict)
@@ -73,6 +93,7 @@ class FakeKaggle:
         self._lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
+        self._release = threading.Event()  # set by stop(): hanging handlers return
 
     # ---- lifecycle
     def start(self) -> FakeKaggle:
@@ -87,6 +108,7 @@ class FakeKaggle:
         return self
 
     def stop(self) -> None:
+        self._release.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -117,6 +139,8 @@ class FakeKaggle:
             self.calls.append(call)
 
     def _api(self, method: str, body: Any) -> tuple[int, dict[str, Any]]:
+        if method == "IntrospectToken":
+            return 200, {"active": body.get("token") == self.token, "username": self.username}
         if method == "SaveKernel":
             if self.kernel_error:
                 return 200, {"error": self.kernel_error}
@@ -171,12 +195,23 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _auth(self) -> tuple[str | None, bool]:
+    def _auth(self) -> tuple[str | None, str, bool]:
+        """(user name, the secret sent, whether it is valid)."""
+        state = self.server_state
         header = self.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            secret = header[7:]
+            ok = state.token is not None and secret == state.token
+            return (state.username if ok else None), secret, ok
         if not header.startswith("Basic "):
-            return None, False
+            return None, "", False
         user, _, secret = base64.b64decode(header[6:]).decode().partition(":")
-        return user, secret == self.server_state.key
+        return user, secret, secret == state.key
+
+    def _hang(self) -> None:
+        """Read the request, answer nothing until the server stops, then drop it."""
+        self.server_state._release.wait()
+        self.close_connection = True
 
     def _reply(self, status: int, payload: dict[str, Any] | None = None) -> None:
         data = json.dumps(payload).encode() if payload is not None else b""
@@ -195,15 +230,34 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             body = {"_raw": raw.decode(errors="replace")}
-        user, ok = self._auth()
+        user, secret, ok = self._auth()
         state._record(Call("POST", path, body, user, ok))
+        method = path.rsplit("/", 1)[1]
+        if method == state.hang_on:
+            self._hang()
+            return
+        if method == state.garbage_on:
+            page = b"<html><body>502 Bad Gateway</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
         if not path.startswith(_API) or "/" not in path[len(_API) :]:
             self._reply(404, {"code": 404, "message": f"no such path {path}"})
             return
-        if not ok or user != state.username:
+        if state.echo_credentials and method != "IntrospectToken":
+            message = f"credential {secret!r} of {user!r} is not allowed to call {method}"
+            if method == "SaveKernel":
+                self._reply(200, {"error": message})
+            else:
+                self._reply(403, {"code": 403, "message": message})
+            return
+        if method != "IntrospectToken" and (not ok or user != state.username):
             self._reply(401, {"code": 401, "message": "bad credentials"})
             return
-        status, payload = state._api(path.rsplit("/", 1)[1], body)
+        status, payload = state._api(method, body)
         self._reply(status, payload)
 
     def do_PUT(self) -> None:  # noqa: N802 - http.server API
@@ -211,6 +265,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = self._path()
         data = self._read_body()
         state._record(Call("PUT", path, {"bytes": len(data)}, None, False))
+        if state.hang_on == "PUT":
+            self._hang()
+            return
         token = path.rsplit("/", 1)[-1]
         if not path.startswith("/upload/") or token not in state.blob_names:
             self._reply(404, {"code": 404, "message": "unknown upload"})
@@ -229,11 +286,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, {})
 
 
-def client_env(fake: FakeKaggle, home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+def client_env(
+    fake: FakeKaggle,
+    home: Path,
+    base: dict[str, str] | None = None,
+    *,
+    credentials: str = "env",
+) -> dict[str, str]:
     """An environment that sends the kaggle client to ``fake`` with a private home/temp dir.
 
     Proxy variables of ``base`` (default ``os.environ``) are dropped, ``NO_PROXY`` is
-    emptied so that ``localhost`` goes through the proxy, and ``VERBOSE`` is removed.
+    emptied so that ``localhost`` goes through the proxy, and ``VERBOSE`` and every
+    ``KAGGLE_*`` variable are removed. ``credentials``: ``"env"`` sets ``KAGGLE_USERNAME``
+    and ``KAGGLE_KEY``; ``"json"`` writes them to ``kaggle.json`` in ``KAGGLE_CONFIG_DIR``
+    (mode 600) and sets ``KAGGLE_USERNAME`` only (as ``make ... KAGGLE_USERNAME=`` does);
+    ``"token"`` sets ``KAGGLE_API_TOKEN`` to ``fake.token``; ``"none"`` sets nothing.
     """
     env = {
         k: v
@@ -250,11 +317,63 @@ def client_env(fake: FakeKaggle, home: Path, base: dict[str, str] | None = None)
         KAGGLE_CONFIG_DIR=str(home / "config"),
         TMPDIR=str(home / "tmp"),
         KAGGLE_API_ENVIRONMENT="LOCALHOST",
-        KAGGLE_USERNAME=fake.username,
-        KAGGLE_KEY=fake.key,
         HTTP_PROXY=proxy,
         http_proxy=proxy,
         NO_PROXY="",
         no_proxy="",
     )
+    if credentials == "env":
+        env.update(KAGGLE_USERNAME=fake.username, KAGGLE_KEY=fake.key)
+    elif credentials == "json":
+        config = home / "config" / "kaggle.json"
+        config.write_text(json.dumps({"username": fake.username, "key": fake.key}))
+        config.chmod(0o600)
+        env.update(KAGGLE_USERNAME=fake.username)
+    elif credentials == "token":
+        assert fake.token, "set FakeKaggle.token"
+        env.update(KAGGLE_API_TOKEN=fake.token)
+    elif credentials != "none":
+        raise ValueError(f"credentials must be env, json, token or none, got {credentials!r}")
     return env
+
+
+def run_delivery(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m hpa_kit.delivery ARGS`` with ``env``; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "hpa_kit.delivery", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_wheel(folder: Path, filename: str, *, payload: bytes = b"") -> Path:
+    """A small valid wheel named ``filename`` (``name-version-python-abi-platform.whl``):
+    ``.dist-info`` METADATA, WHEEL (its tags from the name) and RECORD, plus ``payload`` as
+    a data file, so that different payloads give different bytes."""
+    name, version, python, abi, platform = filename[: -len(".whl")].split("-")
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"",
+        f"{name}/payload.bin": payload,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: fake_kaggle\nRoot-Is-Purelib: false\n"
+            + "".join(
+                f"Tag: {p}-{a}-{t}\n"
+                for p in python.split(".")
+                for a in abi.split(".")
+                for t in platform.split(".")
+            )
+        ).encode(),
+    }
+    record = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    path = folder / filename
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+        archive.writestr(f"{info}/RECORD", record)
+    return path

@@ -1,4 +1,5 @@
-"""hpa_kit.demo: scale-aware segmentation, weak-label crops, baselines, and a reduced demo."""
+"""hpa_kit.demo: scale-aware segmentation, the helpers it calls (decoding a submission's cells,
+weak-label crops, pooled segmentation matching), and a reduced demo."""
 
 from __future__ import annotations
 
@@ -9,20 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpa_kit.demo import (
-    MARKER,
-    DemoConfig,
-    _prepare_out,
-    baseline_predictions,
-    quick_config,
-    segmentation_f1,
-    submission_cells,
-    write_cell_crops,
-)
-from hpa_kit.io import write_label_image
+from hpa_kit.crop import write_cell_crops
+from hpa_kit.demo import MARKER, DemoConfig, _prepare_out, quick_config
+from hpa_kit.errors import UsageError
 from hpa_kit.rle import empty_mask_string, encode_label_image
-from hpa_kit.segment import ClassicalSegmenter, SegConfig, match_labels
-from hpa_kit.submission import format_prediction_string
+from hpa_kit.segment import ClassicalSegmenter, SegConfig, match_dataset, match_labels
+from hpa_kit.submission import (
+    format_prediction_string,
+    is_placeholder,
+    prediction_label_image,
+    submission_cells,
+)
 from hpa_kit.synth import SynthConfig, generate_image, write_dataset
 
 # ---------------------------------------------------------------- scale
@@ -59,33 +57,41 @@ def test_submission_cells_groups_triplets_by_mask_in_order():
     assert submission_cells("")[0] == []
 
 
-def test_baseline_gives_every_cell_the_image_confidences():
-    image_probs = np.zeros(19)
-    image_probs[[2, 7]] = [0.75, 0.5]
-    text = baseline_predictions("0 0.9 AA 4 0.1 AA 2 0.3 BB", image_probs)
-    assert text == "2 0.75 AA 7 0.5 AA 2 0.75 BB 7 0.5 BB"
+def test_prediction_label_image_decodes_cells_and_the_placeholder():
+    found = np.zeros((8, 10), np.int32)
+    found[0:4, 0:4] = 1
+    found[2:6, 3:9] = 2  # drawn over cell 1's corner
+    masks = encode_label_image(found)
+    text = format_prediction_string([(0, 0.5, masks[2]), (3, 0.25, masks[1]), (0, 1.0, masks[1])])
+    labels, probs = prediction_label_image(text, 8, 10)
+    # cells in order of first appearance: the mask of cell 2 comes first
+    assert np.array_equal(labels, np.select([found == 2, found == 1], [1, 2], 0))
+    assert labels.dtype == np.int32 and probs.shape == (2, 19)
+    assert probs[0, 0] == 0.5 and probs[1, 3] == 0.25 and probs[1, 0] == 1.0
+    empty = empty_mask_string(8, 10)
+    assert is_placeholder([empty], 8, 10) and not is_placeholder([empty], 8, 11)
+    assert not is_placeholder([masks[1]], 8, 10) and not is_placeholder([empty, empty], 8, 10)
+    labels, probs = prediction_label_image(f"0 1 {empty}", 8, 10)
+    assert not labels.any() and probs.shape == (0, 19)
 
 
-def test_segmentation_f1_against_true_label_images(tmp_path):
+def test_pooled_matching_of_submission_cells_against_true_label_images():
+    """The demo's segmentation score: decoded rows matched to the truth, pooled."""
     truth = np.zeros((8, 10), np.int32)
     truth[0:4, 0:4] = 1
     truth[5:8, 6:10] = 2
-    write_label_image(tmp_path / "img_cells.png", truth)
     found = np.zeros_like(truth)
     found[0:4, 0:4] = 1  # exact
     found[0:2, 6:9] = 2  # a cell that is not there
     masks = encode_label_image(found)
     text = format_prediction_string([(0, 0.5, masks[1]), (0, 0.5, masks[2])])
-    sub = pd.DataFrame(
-        {"ID": ["img"], "ImageWidth": [10], "ImageHeight": [8], "PredictionString": [text]}
+    placeholder = f"0 1 {empty_mask_string(8, 10)}"
+    rows = [text, placeholder]  # the placeholder row counts as no cell found
+    result = match_dataset(
+        ((truth, prediction_label_image(row, 8, 10)[0]) for row in rows), threshold=0.6
     )
-    result = segmentation_f1(sub, tmp_path)
-    assert (result["tp"], result["n_true"], result["n_pred"]) == (1, 2, 2)
-    assert result["f1"] == 0.5 and result["mean_iou"] == 1.0
-    # a placeholder row counts as no cell found
-    sub.loc[0, "PredictionString"] = f"0 1 {empty_mask_string(8, 10)}"
-    result = segmentation_f1(sub, tmp_path)
-    assert (result["tp"], result["n_pred"], result["f1"]) == (0, 0, 0.0)
+    assert (result.n_images, result.tp, result.n_true, result.n_pred) == (2, 1, 4, 2)
+    assert result.f1 == pytest.approx(2 / 6) and result.mean_iou == 1.0
 
 
 # ---------------------------------------------------------------- weak labels
@@ -110,6 +116,36 @@ def test_cell_crops_carry_their_image_labels_and_fold(tmp_path):
         assert not (tmp_path / "crops" / f"{row.ID}_yellow.png").exists()
 
 
+def test_cell_crops_record_an_image_without_cells_and_go_on(tmp_path):
+    data = write_dataset(tmp_path / "data", n=1, size=256, seed=4, config=SynthConfig(cells=(4, 6)))
+    blank = np.zeros((256, 256, 4), np.uint8)
+    from hpa_kit.io import write_channels
+
+    write_channels(data.out / "images", "blank", blank)
+    table = pd.concat(
+        [
+            pd.read_csv(data.train_csv, dtype={"ID": str}),
+            pd.DataFrame({"ID": ["blank"], "Label": ["18"]}),
+        ]
+    )
+    seg = ClassicalSegmenter(0.5, pixel_size=2048 / 256)
+    crops, failures = write_cell_crops(
+        data.out / "images", table, tmp_path / "crops", segmenter=seg, size=24
+    )
+    assert failures == {"blank": "ValueError: no cell found"}
+    assert len(crops) > 0 and set(crops["image"]) == {data.ids[0]}
+    assert list(crops.columns) == ["ID", "Label", "image"]  # no fold column given, none written
+    with pytest.raises(ValueError, match="purple"):
+        write_cell_crops(
+            data.out / "images",
+            table,
+            tmp_path / "c2",
+            segmenter=seg,
+            size=24,
+            channels=("purple",),
+        )
+
+
 # ---------------------------------------------------------------- config and output folder
 
 
@@ -126,7 +162,7 @@ def test_cell_crops_carry_their_image_labels_and_fold(tmp_path):
     ],
 )
 def test_config_rejects_bad_values(changes, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UsageError, match=match):
         DemoConfig(**changes)
 
 
@@ -143,8 +179,11 @@ def test_output_folder_rules(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("x")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(UsageError, match="not empty"):
         _prepare_out(foreign)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="not a folder"):
+        _prepare_out(tmp_path / "file")
     assert (foreign / "keep.txt").is_file()
     demo = tmp_path / "demo"
     _prepare_out(demo)
@@ -199,6 +238,43 @@ def test_quick_demo_scores_and_summary(quick_run):
     stages = {"synth", "crops", "train", "predict", "baseline", "score", "overlays", "total"}
     assert set(summary["seconds"]) == stages
     assert summary["tta"] == "none"
+    better = max(summary["baseline_map"], summary["baseline_cell_mean_map"])
+    assert summary["gain"] == summary["map"] - better
+
+
+def test_quick_demo_records_and_prints_the_torch_kernel_set(quick_run):
+    import os
+
+    import torch
+
+    from hpa_kit.demo import format_summary
+
+    _, out = quick_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["torch"] == {
+        "version": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
+    }
+    text = format_summary(summary)
+    assert f"{torch.__version__}, {torch.backends.cpu.get_cpu_capability()}" in text
+    assert "per-cell gain over the better baseline" in text and f"{summary['gain']:+.4f}" in text
+
+
+def test_torch_kernels_follow_the_environment_variable():
+    """torch reads ATEN_CPU_CAPABILITY at start-up: a child process with it set to default
+    reports the default kernel set and the variable."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import json; from hpa_kit.demo import torch_kernels; print(json.dumps(torch_kernels()))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    info = json.loads(done.stdout)
+    assert info["cpu_capability"] == "DEFAULT" and info["aten_cpu_capability"] == "default"
 
 
 def test_quick_demo_outputs_exist_and_training_saw_image_labels_only(quick_run):
@@ -211,8 +287,12 @@ def test_quick_demo_outputs_exist_and_training_saw_image_labels_only(quick_run):
     assert config.input_size == quick_config().input_size
     overlays = summary["paths"]["overlay_files"]
     assert len(overlays) == quick_config().overlays
+    size = quick_config().size
     for path in overlays:
-        assert Path(path).is_file() and Path(path).stat().st_size > 0
+        import cv2
+
+        picture = cv2.imread(path)  # two panels and a gap under a legend strip
+        assert picture.shape[0] > size and picture.shape[1] == 2 * size + 4
     # every training crop is labelled with its image's train.csv label
     crops = pd.read_csv(out / "crops" / "crops.csv", dtype={"ID": str, "image": str})
     train = pd.read_csv(out / "train" / "train.csv", dtype={"ID": str}).set_index("ID")
@@ -252,9 +332,11 @@ def test_cli_refuses_a_foreign_folder_and_bad_options(tmp_path, capsys):
     from hpa_kit.cli import main
 
     (tmp_path / "notes.txt").write_text("keep")
-    assert main(["demo", "--out", str(tmp_path), "--quick", "--no-progress"]) == 1
-    assert "not empty" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hpa-kit demo: ") and "not empty" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     assert (tmp_path / "notes.txt").read_text() == "keep"
-    assert main(["demo", "--out", str(tmp_path / "new"), "--quick", "--n-train", "2"]) == 1
+    assert main(["demo", "--out", str(tmp_path / "new"), "--quick", "--n-train", "2"]) == 2
     assert "n_folds" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,6 +26,7 @@ from hpa_kit.download import (
     read_public_list,
     select_public_images,
 )
+from hpa_kit.errors import UsageError
 from hpa_kit.io import (
     CHANNELS,
     CorruptImageError,
@@ -33,6 +36,7 @@ from hpa_kit.io import (
     resize_area,
     to_uint8,
 )
+from hpa_kit.outputs import temp_path
 
 HOST = "https://images.proteinatlas.org"
 FAST = RetryPolicy(attempts=3, backoff=0.001, max_backoff=0.002, timeout=5.0)
@@ -374,7 +378,55 @@ def test_download_public_cli_bad_input(tmp_path, capsys):
     assert "public image list not found" in capsys.readouterr().err
     listed = _write_list(tmp_path / "l.tsv", ROWS[:1])
     assert main(["download-public", str(listed), str(tmp_path / "out"), "--attempts", "0"]) == 2
-    assert "attempts must be >= 1" in capsys.readouterr().err
+    assert "attempts must be an integer in [1, 100], got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--size", "0", "size must be an integer in [1, 16384], got 0"),
+        ("--workers", "0", "workers must be an integer in [1, 256], got 0"),
+        ("--attempts", "1000000", "attempts must be an integer in [1, 100]"),
+        ("--backoff", "inf", "backoff must be a finite number in [0, 3600], got inf"),
+        ("--backoff", "nan", "backoff must be a finite number in [0, 3600], got nan"),
+        ("--timeout", "0", "timeout must be a finite number in (0, 3600], got 0.0"),
+        ("--timeout", "inf", "timeout must be a finite number in (0, 3600], got inf"),
+    ],
+)
+def test_download_public_cli_absurd_numbers(published, tmp_path, capsys, option, value, message):
+    srv, _, list_path = published
+    argv = ["download-public", str(list_path), str(tmp_path / "out"), "--base-url", srv.url]
+    assert main([*argv, option, value, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert srv.requests == [] and not (tmp_path / "out").exists()
+
+
+def test_download_public_labels_csv_leftovers_and_foreign_files(published, tmp_path):
+    """Killed writes' temporary files (labels CSV, a PNG) are removed by the next run (only
+    that pattern, only when its writer is gone); a labels path holding another file is refused."""
+    srv, _, list_path = published
+    dst = tmp_path / "out"
+    dst.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftovers = [
+        temp_path(dst / "labels.csv", pid=dead.pid),
+        temp_path(dst / "1_A1_1_red.png", pid=dead.pid),
+    ]
+    for leftover in leftovers:
+        leftover.write_text("ID,Lab")
+    others = [dst / ".labels.csv.tmp", dst / f".labels.csv.{dead.pid}.tmp"]
+    for other in others:
+        other.write_text("not ours")
+    report = _run(list_path, dst, srv)
+    assert report.ok and not any(p.exists() for p in leftovers)
+    assert all(p.read_text() == "not ours" for p in others)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    srv.requests.clear()
+    with pytest.raises(UsageError, match="is not one"):
+        _run(list_path, dst, srv, labels_csv=notes)
+    assert notes.read_text() == "my notes\n" and srv.requests == []
 
 
 def test_download_public_bad_arguments(published, tmp_path):
@@ -383,7 +435,7 @@ def test_download_public_bad_arguments(published, tmp_path):
         _run(list_path, tmp_path / "out", srv, size=0)
     with pytest.raises(ValueError, match="workers"):
         _run(list_path, tmp_path / "out", srv, workers=0)
-    with pytest.raises(FileNotFoundError, match="public image list not found"):
+    with pytest.raises(UsageError, match="public image list not found"):
         _run(tmp_path / "nope.tsv", tmp_path / "out", srv)
 
 

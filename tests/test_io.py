@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from hpa_kit.io import (
+    CHANNEL_MEAN,
+    CHANNEL_STD,
     CHANNELS,
     ChannelMismatchError,
     CorruptImageError,
@@ -19,7 +21,10 @@ from hpa_kit.io import (
     ImageShapeError,
     MissingChannelError,
     MissingImageError,
+    atomic_path,
     channel_path,
+    check_channels,
+    check_normalisation,
     list_image_ids,
     read_channel,
     read_image,
@@ -209,6 +214,74 @@ def test_bad_channels_and_sizes_arguments(tmp_path):
     for size in (0, (3, 0), (1, 2, 3), 2.5, True):
         with pytest.raises(ValueError, match="size"):
             read_image(tmp_path, "img", size=size)
+
+
+def test_unknown_or_repeated_channel_names(tmp_path):
+    _image_set(tmp_path, "img")
+    with pytest.raises(ValueError, match=r"unknown channels \['purple'\]"):
+        read_image(tmp_path, "img", channels=("red", "purple"))
+    with pytest.raises(ValueError, match="distinct"):  # writing one file twice is a mistake
+        write_channels(tmp_path, "w", np.zeros((2, 2, 2), np.uint8), channels=("red", "red"))
+    assert not list(tmp_path.glob("w_*"))
+
+
+def test_atomic_path_keeps_the_old_file_when_the_write_fails(tmp_path):
+    target = tmp_path / "sub" / "x.png"
+    with atomic_path(target) as temp:
+        assert temp.parent == target.parent and temp.suffix == ".png" and temp.name[0] == "."
+        temp.write_bytes(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError, match="half written"):
+        with atomic_path(target) as temp:
+            temp.write_bytes(b"half")
+            raise RuntimeError("half written")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in target.parent.iterdir()] == ["x.png"]  # no temporary file left
+    with pytest.raises(FileNotFoundError):  # the block wrote nothing: an error, not a success
+        with atomic_path(tmp_path / "never.txt"):
+            pass
+    assert not list(tmp_path.glob("*never*"))
+
+
+# --- the channel and normalisation rules (one home, used by augment, model and demo) -----------
+
+
+def test_check_channels_literals():
+    assert CHANNELS == ("red", "green", "blue", "yellow")
+    assert check_channels(["yellow", "red"]) == ("yellow", "red")
+    assert check_channels(("green", "green"), repeats=True) == ("green", "green")
+    bad = {
+        "rgb": "sequence of colour names",
+        ("red", 3): "sequence of colour names",
+        (): "empty",
+        ("red", "Red"): r"unknown channels \['Red'\]",
+        ("blue", "blue"): "distinct",
+    }
+    for channels, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            check_channels(channels)
+
+
+def test_check_normalisation_literals():
+    assert check_normalisation(CHANNELS) == (
+        (0.0807, 0.0524, 0.0539, 0.0810),
+        (0.1481, 0.1095, 0.1565, 0.2729),
+    )
+    assert check_normalisation(("yellow",)) == ((CHANNEL_MEAN["yellow"],), (CHANNEL_STD["yellow"],))
+    # given values become floats; a missing one still takes the seed's value
+    assert check_normalisation(("red", "blue"), mean=[0, 1]) == ((0.0, 1.0), (0.1481, 0.1565))
+    assert check_normalisation(("red",), std=np.array([2])) == ((0.0807,), (2.0,))
+    for mean, std, message in (
+        ((0.1,), None, "one value per channel"),
+        (None, (0.1, 0.2, 0.3), "one value per channel"),
+        (None, (0.1, 0.0), "positive"),
+        (None, (0.1, -1.0), "positive"),
+        (None, (0.1, float("nan")), "positive"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check_normalisation(("red", "green"), mean=mean, std=std)
+    with pytest.raises(ValueError, match="distinct"):
+        check_normalisation(("red", "red"))
 
 
 # --- resize ------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,7 @@ import pytest
 from hpa_kit.cli import main
 from hpa_kit.metric import average_precision, box_iou, match_detections, score_submission
 from hpa_kit.rle import empty_mask_string, encode_binary_mask, encode_label_image
-from hpa_kit.submission import SubmissionError, format_prediction_string
+from hpa_kit.submission import SubmissionError, format_prediction_string, validate_submission
 
 # --------------------------------------------------------------------------- helpers
 
@@ -328,3 +330,86 @@ def test_real_masks_score_one_against_themselves(samples_dir) -> None:
     assert set(result.ap) == {0, 1, 2, 7, 11, 17, 18}
     # Identical masks have identical boxes: bbox IoU is 1 too.
     assert score_submission(truth, truth, iou="bbox").map == 1.0
+
+
+# --------------------------------------------------------------------------- one parser
+
+
+@pytest.mark.parametrize(
+    "text",
+    [f"+1 0.5 {A}", f"1_0 0.5 {A}", f"\u0661 0.5 {A}", f"0 0_5 {A}", f"0 nan {A}", "0 0.5 a!b"],
+)
+def test_score_reads_predictions_by_the_submission_rules(text: str) -> None:
+    # One parser: score refuses exactly what validate reports, with the same words.
+    truth = _table({"img": [(0, 1, A)]})
+    sub = truth.assign(PredictionString=text)
+    problem = validate_submission(sub, truth).problems["img"][0]
+    with pytest.raises(SubmissionError) as info:
+        score_submission(sub, truth)
+    assert problem in str(info.value) and "img" in str(info.value)
+    with pytest.raises(SubmissionError, match="truth img"):
+        score_submission(truth, sub)  # the same rules for the truth file
+
+
+# --------------------------------------------------------------------------- empty truth masks
+
+
+def test_empty_truth_mask_keeps_its_class_evaluated_as_the_host_does() -> None:
+    # REFERENCE.md: "A truth file with an empty mask: host mAP 0.333 where 'drop the entry
+    # first' gives 1.0". img2's truth holds class 0 with an empty mask: class 0 is evaluated
+    # in img2 without any cell, so img2's two class-0 detections are false positives.
+    # Pooled: 0.9 FP, 0.8 FP, 0.5 TP with 1 truth -> precision 1/3 at recall 1 -> AP 1/3.
+    truth = _table({"img1": [(0, 1, A)], "img2": [(0, 1, EMPTY)]})
+    sub = _table({"img1": [(0, 0.5, A)], "img2": [(0, 0.9, B), (0, 0.8, C)]})
+    result = score_submission(sub, truth)
+    assert result.map == pytest.approx(1 / 3)
+    assert result.num_truth == {0: 1} and result.num_detections == {0: 3}
+    # Dropping the empty entry first would make class 0 absent from img2 (ignored): AP 1.
+    dropped = _table({"img1": [(0, 1, A)], "img2": [(5, 1, A)]})
+    assert score_submission(sub, dropped).ap[0] == 1.0
+    # The switch does not matter here: class 0 is evaluated in img2 either way.
+    assert score_submission(sub, truth, ignore_absent_classes=False).ap[0] == pytest.approx(1 / 3)
+
+
+def test_class_with_only_empty_truth_masks_is_not_averaged() -> None:
+    # Class 3 is present (empty mask) but has no cell anywhere: not in the mean; its
+    # detections are counted nowhere.
+    truth = _table({"img": [(0, 1, A), (3, 1, EMPTY)]})
+    sub = _table({"img": [(0, 0.9, A), (3, 0.9, B)]})
+    result = score_submission(sub, truth)
+    assert result.ap == {0: 1.0} and result.num_truth == {0: 1}
+
+
+# --------------------------------------------------------------------------- CLI errors
+
+
+def _score_error(capsys, argv: list[str]) -> str:
+    assert main(["score", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    return captured.err
+
+
+def test_cli_score_named_errors(tmp_path, capsys) -> None:
+    truth = _table({"img": [(0, 1, A)]})
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    t = str(tmp_path / "truth.csv")
+    # An absurd width (OverflowError in int64 before): one line naming file, line and id.
+    absurd = truth.assign(ImageWidth="1" + "0" * 30)
+    absurd.to_csv(tmp_path / "absurd.csv", index=False)
+    err = _score_error(capsys, [str(tmp_path / "absurd.csv"), "--truth", t])
+    assert err == (
+        f"hpa-kit score: submission {tmp_path / 'absurd.csv'} line 2: ImageWidth "
+        "100000000000000000000... is larger than 16384 (ID 'img')\n"
+    )
+    err = _score_error(capsys, [t, "--truth", str(tmp_path / "absurd.csv")])
+    assert "truth" in err and "larger than 16384" in err
+    err = _score_error(capsys, [str(tmp_path), "--truth", t])
+    assert err == f"hpa-kit score: submission {tmp_path} is a directory, not a CSV file\n"
+    (tmp_path / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    err = _score_error(capsys, [str(tmp_path / "binary.csv"), "--truth", t])
+    assert "binary.csv line 1 is not UTF-8 text" in err
+    bomb = base64.b64encode(zlib.compress(b"0" * 2_000_000, 9)).decode()
+    truth.assign(PredictionString=f"0 0.5 {bomb}").to_csv(tmp_path / "bomb.csv", index=False)
+    err = _score_error(capsys, [str(tmp_path / "bomb.csv"), "--truth", t])
+    assert "submission img: mask" in err and "decompresses to more than 56 bytes" in err

@@ -141,5 +141,18 @@ def test_debug_flag_is_accepted_before_and_after_the_command(tmp_path):
             capture_output=True,
             text=True,
         )
-        assert run.returncode == 2, run.stderr
+        # --debug shows the traceback of the expected failure (exit 1, as Python's own).
+        assert run.returncode == 1 and "SubmissionError: sample file not found" in run.stderr
         assert "unrecognized arguments" not in run.stderr
+
+
+def test_output_pipe_closed_by_the_reader_is_not_an_error(tmp_path):
+    from hpa_kit.rle import empty_mask_string
+
+    truth = tmp_path / "truth.csv"
+    rows = [f"id{i},64,64,0 1 {empty_mask_string(64, 64)}" for i in range(3)]
+    truth.write_text("ID,ImageWidth,ImageHeight,PredictionString\n" + "\n".join(rows) + "\n")
+    # `true` exits at once without reading: the score's JSON meets a closed pipe.
+    cmd = f"{sys.executable} -m hpa_kit score {truth} --truth {truth} | true"
+    run = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True)
+    assert run.stderr == ""

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from job_helpers import KillerSegmenter, small_segmenter
 
 from hpa_kit.cli import main
 from hpa_kit.model import ClassifierConfig, build_classifier, save_checkpoint
 from hpa_kit.predict import (
     PredictOptions,
     ResumeMismatchError,
+    TooManyFailuresError,
     blend_probs,
     classify_crops,
     load_ensemble,
@@ -26,12 +25,12 @@ from hpa_kit.predict import (
     read_resume,
 )
 from hpa_kit.rle import decode_binary_mask
-from hpa_kit.segment import ClassicalSegmenter, SegConfig
 from hpa_kit.submission import parse_prediction_string, read_submission, validate_submission
 
 RGB = ("red", "green", "blue")
 RGBY = ("red", "green", "blue", "yellow")
-FAST = PredictOptions(tta="none", num_workers=0, progress=False, batch_size=16)
+FAST = PredictOptions(tta="none", num_workers=0, progress=False, batch_size=16, threads=1)
+ONE_FAILURE_OK = FAST.replace(max_failures=1)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,40 +40,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _small_segmenter() -> ClassicalSegmenter:
-    """The classical segmenter with its areas scaled to 256 px synthetic images (1/8 of 2048)."""
-    f = 64
-    config = SegConfig(
-        scale=0.5,
-        min_seed_area=500 // f,
-        max_hole_area=1000 // f,
-        min_nucleus_area=2500 // f,
-        min_cell_area=5500 // f,
-        closing_radius=1,
-    )
-    return ClassicalSegmenter(scale=0.5, config=config)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Two tiny random checkpoints: RGB at 32 px and RGBY at 48 px."""
-    root = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    paths = []
-    for name, channels, size in (("rgb32", RGB, 32), ("rgby48", RGBY, 48)):
-        config = ClassifierConfig(arch="test_efficientnet", channels=channels, input_size=size)
-        model = build_classifier(config.arch, config.in_chans, config.num_classes).eval()
-        paths.append(save_checkpoint(root / name, model, config))
-    return paths
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from hpa_kit.synth import write_dataset
-
-    return write_dataset(tmp_path_factory.mktemp("synth"), n=3, size=256, seed=0)
 
 
 # --------------------------------------------------------------------------- one image
@@ -254,7 +219,7 @@ def _check_csv(csv, sample, n_cells_expected=None):
 
 def test_synthetic_folder_ensemble_3_and_4_channels(synth, checkpoints, tmp_path):
     out = tmp_path / "submission.csv"
-    segmenter = _small_segmenter()
+    segmenter = small_segmenter()
     report = predict_folder(
         synth.out / "images",
         synth.sample_submission,
@@ -277,7 +242,7 @@ def test_synthetic_folder_ensemble_3_and_4_channels(synth, checkpoints, tmp_path
 
 
 def test_resume_equals_uninterrupted_byte_for_byte(synth, checkpoints, tmp_path):
-    segmenter = _small_segmenter()
+    segmenter = small_segmenter()
     options = FAST.replace(tta="seed", image_weight=0.3, floor=0.4)
     ensemble = load_ensemble(checkpoints, "cpu")
     args = (synth.out / "images", synth.sample_submission, ensemble)
@@ -310,7 +275,7 @@ def test_resume_equals_uninterrupted_byte_for_byte(synth, checkpoints, tmp_path)
     assert third.processed == 0 and third.resumed == 3
     assert (tmp_path / "part.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
     # Other options, same resume file: refused.
-    with pytest.raises(ResumeMismatchError, match="other models"):
+    with pytest.raises(ResumeMismatchError, match='options.tta is "seed", this run.s is "none"'):
         predict_folder(
             *args,
             out=tmp_path / "x.csv",
@@ -324,15 +289,15 @@ def test_read_resume_tolerates_truncation(tmp_path):
     path = tmp_path / "r.jsonl"
     assert read_resume(path) == (None, {})
     path.write_text(
-        '{"hpa_kit_resume": 1, "fingerprint": "abc"}\n'
+        '{"format": "hpa_kit.predict", "fingerprint": "abc"}\n'
         '{"id": "a", "prediction": "p1", "error": null, "cells": 3}\n'
         "garbage\n"
         '{"id": "b", "prediction": "0 1 x", "error": "boom", "cells": 0}\n'
         '{"id": "a", "prediction": "p2", "error": null, "cells": 3}\n'
         '{"id": "c", "predi'
     )
-    fingerprint, records = read_resume(path)
-    assert fingerprint == "abc"
+    header, records = read_resume(path)
+    assert header == {"format": "hpa_kit.predict", "fingerprint": "abc"}
     assert sorted(records) == ["a", "b"]
     assert records["a"]["prediction"] == "p2" and records["b"]["error"] == "boom"
 
@@ -349,8 +314,8 @@ def test_missing_channel_gives_placeholder_and_report(synth, checkpoints, tmp_pa
         synth.sample_submission,
         checkpoints,
         out=out,
-        segmenter=_small_segmenter(),
-        options=FAST,
+        segmenter=small_segmenter(),
+        options=ONE_FAILURE_OK,
         resume=resume,
     )
     assert report.complete and report.predicted == 2
@@ -368,8 +333,8 @@ def test_missing_channel_gives_placeholder_and_report(synth, checkpoints, tmp_pa
         synth.sample_submission,
         checkpoints,
         out=out,
-        segmenter=_small_segmenter(),
-        options=FAST,
+        segmenter=small_segmenter(),
+        options=ONE_FAILURE_OK,
         resume=resume,
     )
     assert again.resumed == 2 and again.processed == 1 and not again.failures
@@ -383,15 +348,35 @@ def test_wrong_size_in_sample_is_a_failure(synth, checkpoints, tmp_path):
         sample,
         checkpoints,
         out=tmp_path / "s.csv",
-        segmenter=_small_segmenter(),
-        options=FAST,
+        segmenter=small_segmenter(),
+        options=ONE_FAILURE_OK,
     )
     assert list(report.failures) == [synth.ids[0]]
     assert "256x256" in report.failures[synth.ids[0]] and "256x300" in report.failures[synth.ids[0]]
 
 
+def test_too_many_failures_raise_after_writing_the_csv(synth, checkpoints, tmp_path):
+    """Default max_failures (5 %): 1 failure of 3 is too many; the CSV is written all the same.
+    A run in which every image failed raises whatever the limit."""
+    sample = pd.read_csv(synth.sample_submission)
+    sample.loc[0, "ImageWidth"] = 300  # fails at once, before segmentation
+    out = tmp_path / "s.csv"
+    args = (synth.out / "images", sample, checkpoints)
+    with pytest.raises(TooManyFailuresError, match="1 of 3 images failed") as caught:
+        predict_folder(*args, out=out, segmenter=small_segmenter(), options=FAST)
+    assert list(caught.value.report.failures) == [synth.ids[0]]
+    assert caught.value.report.predicted == 2 and caught.value.exit_code == 1
+    assert validate_submission(out, sample).ok
+    sample["ImageWidth"] = 300
+    with pytest.raises(TooManyFailuresError, match="every attempted image failed"):
+        predict_folder(
+            *args, out=out, segmenter=small_segmenter(), options=FAST.replace(max_failures=10)
+        )
+    assert validate_submission(out, sample).ok
+
+
 def test_worker_processes_give_the_same_csv(synth, checkpoints, tmp_path):
-    segmenter = _small_segmenter()
+    segmenter = small_segmenter()
     inline = predict_folder(
         synth.out / "images",
         synth.sample_submission,
@@ -412,45 +397,6 @@ def test_worker_processes_give_the_same_csv(synth, checkpoints, tmp_path):
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
 
 
-def test_workers_that_cannot_start_fall_back_to_threads(synth, checkpoints, tmp_path):
-    # Spawned workers re-import __main__, which fails for a script read from stdin: the run
-    # must still predict every image (in threads), with a warning, not fail them all.
-    script = f"""
-import warnings
-from hpa_kit.predict import PredictOptions, predict_folder
-from hpa_kit.segment import ClassicalSegmenter, SegConfig
-config = SegConfig(scale=0.5, min_seed_area=7, max_hole_area=15, min_nucleus_area=39,
-                   min_cell_area=85, closing_radius=1)
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    report = predict_folder({str(synth.out / "images")!r}, {str(synth.sample_submission)!r},
-                            [{str(checkpoints[0])!r}], out={str(tmp_path / "s.csv")!r},
-                            segmenter=ClassicalSegmenter(scale=0.5, config=config),
-                            options=PredictOptions(tta="none", num_workers=1, progress=False))
-print("FAILURES", len(report.failures), "PREDICTED", report.predicted)
-print("WARNED", any("threads instead" in str(w.message) for w in caught))
-"""
-    result = subprocess.run(
-        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"FAILURES 0 PREDICTED {len(synth.ids)}" in result.stdout
-    assert "WARNED True" in result.stdout
-
-
-class _KillerSegmenter:
-    """Kills its worker process on images 200 px high; else the small classical segmenter."""
-
-    def __init__(self):
-        self.inner = _small_segmenter()
-        self.scale, self.config = self.inner.scale, self.inner.config
-
-    def segment(self, images):
-        if images[0].shape[0] == 200:
-            os._exit(1)
-        return self.inner.segment(images)
-
-
 def test_dead_worker_fails_only_its_image(synth, checkpoints, tmp_path):
     from hpa_kit.io import write_channels
 
@@ -463,29 +409,46 @@ def test_dead_worker_fails_only_its_image(synth, checkpoints, tmp_path):
     )
     sample = pd.concat([sample.iloc[:1], odd, sample.iloc[1:]], ignore_index=True)
     ensemble = load_ensemble(checkpoints[:1], "cpu")
-    options = FAST.replace(num_workers=1, prefetch=3)
+    options = ONE_FAILURE_OK.replace(num_workers=1, prefetch=3)
     report = predict_folder(
         images,
         sample,
         ensemble,
         out=tmp_path / "a.csv",
-        segmenter=_KillerSegmenter(),
+        segmenter=KillerSegmenter(),
         options=options,
     )
     assert list(report.failures) == ["odd"] and "worker process died" in report.failures["odd"]
     assert report.predicted == 3 and report.complete
     predict_folder(
-        images, sample, ensemble, out=tmp_path / "b.csv", segmenter=_small_segmenter(), options=FAST
+        images, sample, ensemble, out=tmp_path / "b.csv", segmenter=small_segmenter(), options=FAST
     )
     a, b = (read_submission(tmp_path / f).set_index("ID") for f in ("a.csv", "b.csv"))
     assert a.drop(index="odd").equals(b.drop(index="odd"))
 
 
-def test_network_style_segmenter_path(synth, checkpoints, tmp_path, monkeypatch):
-    """A segmenter whose maps run in the main thread (as NetworkSegmenter) gives the same CSV."""
-    import hpa_kit.predict as predict_module
+class _DeviceSplitSegmenter:
+    """The small classical segmenter, split as a network segmenter is: its maps run in the
+    calling thread (the device stage), its labelling in the workers."""
 
-    segmenter = _small_segmenter()
+    def __init__(self):
+        self.inner = small_segmenter()
+        self.scale, self.config = self.inner.scale, self.inner.config
+        self.maps_calls = 0
+
+    def maps(self, images):
+        self.maps_calls += 1
+        return self.inner.maps(images)
+
+    def device_stage(self):
+        from hpa_kit.segment import DeviceStage
+
+        return DeviceStage(maps=self.maps, labels=self.inner.labels)
+
+
+def test_network_style_segmenter_path(synth, checkpoints, tmp_path):
+    """A segmenter whose maps run in the main thread (as NetworkSegmenter) gives the same CSV."""
+    segmenter = small_segmenter()
     predict_folder(
         synth.out / "images",
         synth.sample_submission,
@@ -494,17 +457,39 @@ def test_network_style_segmenter_path(synth, checkpoints, tmp_path, monkeypatch)
         segmenter=segmenter,
         options=FAST,
     )
-    monkeypatch.setattr(predict_module, "_is_network", lambda s: True)
+    split = _DeviceSplitSegmenter()
     report = predict_folder(
         synth.out / "images",
         synth.sample_submission,
         checkpoints,
         out=tmp_path / "b.csv",
-        segmenter=segmenter,
+        segmenter=split,
         options=FAST.replace(num_workers=1, executor="thread", prefetch=3),
     )
-    assert "segment_device" in report.timings
+    assert "segment_device" in report.timings and split.maps_calls == len(synth.ids)
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_network_segmenter_says_its_device_stage():
+    """The protocol, not the class, tells predict_folder what runs on the device."""
+    from hpa_kit.segment import NetworkSegmenter, device_stage
+
+    assert device_stage(small_segmenter()) is None
+    assert device_stage(KillerSegmenter()) is None  # no method: all of it in the workers
+    network = NetworkSegmenter(None, None, scale=0.5, pixel_size=8.0)
+    stage = device_stage(network)
+    assert stage.maps == network.maps
+    nuclei = np.zeros((64, 64, 3), np.uint8)
+    cells = np.zeros((64, 64, 3), np.uint8)
+    got = stage.labels(nuclei, cells, (128, 128))
+    want = network.labels(nuclei, cells, (128, 128))
+    assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+    import pickle
+
+    assert pickle.loads(pickle.dumps(stage.labels))(nuclei, cells, (128, 128))[1].shape == (
+        128,
+        128,
+    )
 
 
 def test_real_samples_end_to_end(samples_dir, sample_ids, checkpoints, tmp_path):
@@ -554,10 +539,13 @@ def test_cli_predict_then_validate(checkpoints, tmp_path, capsys):
             "--quiet",
             "--device",
             "cpu",
+            "--max-failures",
+            "1",
         ]  # fmt: skip
     )
     err = capsys.readouterr().err
     assert code == 0, err
+    assert "no segmenter chosen" not in err  # --classical says so
     assert synth.ids[2] in err and "MissingChannelError" in err
     assert "2 predicted" in err and "without cells" not in err
     assert main(["validate", str(out), "--sample", str(synth.sample_submission)]) == 0
@@ -582,6 +570,8 @@ def test_cli_predict_then_validate(checkpoints, tmp_path, capsys):
         ]  # fmt: skip
     )
     assert code == 3
+    err = capsys.readouterr().err
+    assert "no segmenter chosen" in err and "classifier thread(s)" in err  # --classical not given
     assert main(["validate", str(out), "--sample", str(synth.sample_submission)]) == 0
     code = main(
         [

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hpa_kit.cli import main
+from hpa_kit.errors import UsageError
 from hpa_kit.io import CHANNELS, read_channel, resize_area, to_uint8
 from hpa_kit.prepare import find_sources, prepare_images
 
@@ -156,6 +157,8 @@ def test_prepare_cli(src, tmp_path, capsys):
         ({"size": (4,)}, ValueError, "size must be an int"),
         ({"size": 4.0}, ValueError, "size must be an int"),
         ({"workers": 0}, ValueError, "workers"),
+        ({"workers": 10**6}, UsageError, r"workers must be an integer in \[1, 256\]"),
+        ({"size": 10**6}, UsageError, r"size must be an integer in \[1, 16384\]"),
     ],
 )
 def test_prepare_bad_arguments(src, tmp_path, kwargs, error, message):
@@ -166,7 +169,7 @@ def test_prepare_bad_arguments(src, tmp_path, kwargs, error, message):
 def test_prepare_bad_folders(src, tmp_path):
     with pytest.raises(ValueError, match="must differ"):
         prepare_images(src[0], src[0], size=8)
-    with pytest.raises(FileNotFoundError, match="source folder not found"):
+    with pytest.raises(UsageError, match="source folder not found"):
         prepare_images(tmp_path / "nope", tmp_path / "dst", size=8)
 
 
@@ -219,6 +222,11 @@ def test_batch_report_rejects_an_id_twice():
         BatchReport(done=["a"], failed={"a": "x"})
 
 
-def test_prepare_cli_bad_input(tmp_path, capsys):
+def test_prepare_cli_bad_input(src, tmp_path, capsys):
     assert main(["prepare", str(tmp_path / "none"), str(tmp_path / "dst"), "--quiet"]) == 2
     assert "source folder not found" in capsys.readouterr().err
+    for option, value in [("--size", "0"), ("--size", "100000"), ("--workers", "-2")]:
+        argv = ["prepare", str(src[0]), str(tmp_path / "dst"), option, value, "--quiet"]
+        assert main(argv) == 2, (option, value)
+        assert "must be" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()

@@ -16,10 +16,13 @@ import pytest
 from hpa_kit.rle import (
     RLEError,
     decode_binary_mask,
+    decoded_cache_info,
     empty_mask_string,
     encode_binary_mask,
     encode_label_image,
+    mask_area,
     mask_counts,
+    max_counts_bytes,
     to_coco_rle,
 )
 
@@ -387,3 +390,101 @@ def test_upstream_pycocotools_rejects_c_order():
     # REFERENCE.md section 6: the reason encode_binary_mask converts to Fortran order itself.
     with pytest.raises(Exception, match="Fortran"):
         coco_mask.encode(np.zeros((4, 5, 1), dtype=np.uint8, order="C"))
+
+
+# --- hostile text: bounded work and memory ----------------------------------------------------
+
+
+def _counts_string(counts: list[int]) -> bytes:
+    """pycocotools' step 3, written out independently (the test's oracle for crafted text)."""
+    out = bytearray()
+    for i, count in enumerate(counts):
+        x = count - counts[i - 2] if i > 2 else count
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(c + 48 + (0x20 if more else 0))
+    return bytes(out)
+
+
+def test_counts_string_oracle_matches_pycocotools():
+    mask = np.zeros((7, 9), dtype=bool)
+    mask[1:5, 2:7] = True
+    mask[6, 8] = True
+    counts = mask_counts(encode_binary_mask(mask), 7, 9).tolist()
+    assert _text(_counts_string(counts)) == encode_binary_mask(mask)
+
+
+def test_max_counts_bytes_bounds_every_real_mask():
+    rng = np.random.default_rng(5)
+    for shape in [(1, 1), (3, 5), (64, 33), (17, 200)]:
+        checker = np.indices(shape).sum(axis=0) % 2 == 1
+        for mask in (checker, ~checker, rng.random(shape) < 0.5, np.ones(shape, dtype=bool)):
+            counts = to_coco_rle(encode_binary_mask(mask), *shape)["counts"]
+            assert len(counts) <= max_counts_bytes(*shape)
+
+
+def test_zlib_bomb_is_refused_at_the_size_limit():
+    bomb = _text(b"0" * 20_000_000)  # ~20 KB of text expanding to 20 MB of counts
+    assert len(bomb) < 40_000
+    with pytest.raises(RLEError, match="decompresses to more than 20016 bytes"):
+        decode_binary_mask(bomb, 100, 100)
+
+
+def test_more_runs_than_pixels_are_refused():
+    # 30 zero-length runs fit the byte limit of a 1 x 20 mask (56) but not its run limit (21).
+    with pytest.raises(RLEError, match="holds 30 runs, more than pixels"):
+        to_coco_rle(_text(b"0" * 30), 1, 20)
+
+
+def test_runs_beyond_32_bits_are_refused():
+    with pytest.raises(RLEError, match="beyond 32-bit run lengths"):
+        mask_counts(_text(_counts_string([2**40])), 1, 1)
+
+
+def test_a_run_longer_than_the_mask_names_the_pixels_covered():
+    with pytest.raises(RLEError, match="covers 4194304 pixels, expected height\\*width = 4\\*4"):
+        mask_counts(EMPTY_STRINGS[2048], 4, 4)
+
+
+def test_truncated_zlib_stream_is_refused():
+    data = zlib.compress(b"4", 9)[:-3]
+    with pytest.raises(RLEError, match="truncated stream"):
+        decode_binary_mask(base64.b64encode(data).decode(), 2, 2)
+
+
+def test_mask_area():
+    mask = np.zeros((5, 3), dtype=bool)
+    mask[1:4, 1] = True
+    assert mask_area(encode_binary_mask(mask), 5, 3) == 3
+    assert mask_area(EMPTY_STRINGS[1728], 1728, 1728) == 0
+
+
+def test_decoded_cache_is_bounded_by_bytes():
+    _, _, budget = decoded_cache_info()
+    rows, cols = np.indices((512, 512))
+    for k in range(45):  # 45 distinct striped masks, ~1 MB each once decoded: > the budget
+        mask = (rows * (1 + k % 6) + cols * (1 + k // 6) + k) % 17 < 8
+        mask_counts(encode_binary_mask(mask), 512, 512)
+        assert decoded_cache_info()[1] <= budget
+    assert decoded_cache_info()[0] < 45  # the oldest were dropped
+    big = np.indices((1024, 1024)).sum(axis=0) % 2 == 0  # > budget / 4 once decoded: not kept
+    before = decoded_cache_info()
+    assert decode_binary_mask(encode_binary_mask(big), 1024, 1024).sum() == 1024 * 512
+    assert decoded_cache_info()[1] <= before[1]
+
+
+def test_sizes_beyond_32_bit_runs_are_refused():
+    with pytest.raises(RLEError, match="more than 2147483647 pixels"):
+        empty_mask_string(65536, 65536)
+
+
+def test_size_checks_come_before_the_cache():
+    # (2.0, 3) hashes like (2, 3): a cache in front of the check would return the cached text.
+    assert empty_mask_string(2, 3) == encode_binary_mask(np.zeros((2, 3), dtype=bool))
+    with pytest.raises(RLEError, match="height must be an int"):
+        empty_mask_string(2.0, 3)
+    with pytest.raises(RLEError, match="width must be an int"):
+        empty_mask_string(2, True)

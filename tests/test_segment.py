@@ -18,6 +18,7 @@ from hpa_kit.segment import (
     _label,
     label_cells,
     maps_to_labels,
+    match_dataset,
     match_labels,
     reduced_shape,
     scaled_area,
@@ -202,14 +203,13 @@ def test_components_are_ndi_label_with_its_numbering_and_counts(connectivity):
 
 @pytest.mark.parametrize("cut_background", [True, False])
 def test_interior_opencv_path_equals_shifted_comparisons(cut_background):
+    """Labels past float32's exact range take the numpy path; both give one answer."""
     rng = np.random.default_rng(int(cut_background))
     for shape in [(1, 9), (9, 1), (2, 2), (37, 51), (120, 97)]:
         coarse = rng.integers(0, 6, (max(1, shape[0] // 5), max(1, shape[1] // 5)))
         labels = cv2.resize(coarse.astype(np.int32), shape[::-1], interpolation=cv2.INTER_NEAREST)
         labels[rng.random(shape) < 0.05] = 0
-        expected = _label._interior_shifted(labels, labels > 0, cut_background=cut_background)
-        got = _label._interior(labels, cut_background=cut_background)
-        np.testing.assert_array_equal(got, expected)
+        expected = _label._interior(labels, cut_background=cut_background)
         huge = np.where(labels > 0, labels.astype(np.int64) + 2**24, 0)  # past float32: numpy
         np.testing.assert_array_equal(_label._interior(huge, cut_background=cut_background),
                                       expected)  # fmt: skip
@@ -709,3 +709,37 @@ def test_match_labels_hand_computed():
     assert match_labels(truth * 70001, pred) == m  # ids past 16 bits
     with pytest.raises(ValueError):
         match_labels(truth, pred[:5])
+
+
+def test_match_dataset_pools_counts_not_per_image_scores():
+    # image A: 4 true cells of 2x2, all found exactly (F1 1.0)
+    a = np.zeros((6, 12), np.int32)
+    for k in range(4):
+        a[1:3, 3 * k : 3 * k + 2] = k + 1
+    # image B: 1 true 4x4 cell, found shifted by one column (IoU 12 / 20 = 0.6), plus a false
+    # positive (F1 2 / 3)
+    b_true = np.zeros((6, 12), np.int32)
+    b_pred = np.zeros((6, 12), np.int32)
+    b_true[0:4, 0:4] = 1
+    b_pred[0:4, 1:5] = 2
+    b_pred[5, 10:12] = 3
+
+    def pairs():  # a generator: pairs are consumed one at a time
+        yield a, a * 3
+        yield b_true, b_pred
+
+    m = match_dataset(pairs(), threshold=0.6)
+    assert (m.n_images, m.n_true, m.n_pred, m.tp) == (2, 5, 6, 5)
+    # pooled: 2 * 5 / (5 + 6), not the mean of the per-image F1s (1 + 2/3) / 2
+    assert m.f1 == pytest.approx(10 / 11) and m.precision == pytest.approx(5 / 6)
+    assert m.recall == 1.0 and m.mean_iou == pytest.approx((4 * 1.0 + 0.6) / 5)
+    assert match_dataset([(b_true, b_pred)], threshold=0.7).tp == 0  # 0.6 < 0.7
+    empty = match_dataset([])
+    assert (empty.n_images, empty.f1, empty.mean_iou) == (0, 0.0, 0.0)
+    # one pair pooled is that pair's own matching (match_labels counts one image)
+    assert match_dataset([(b_true, b_pred)]) == match_labels(b_true, b_pred)
+    assert match_labels(b_true, b_pred).n_images == 1
+    with pytest.raises(ValueError, match="threshold"):
+        match_dataset([], threshold=0.0)
+    with pytest.raises(ValueError, match="one shape"):
+        match_dataset([(a, a), (b_true, b_pred[:5])])

@@ -35,7 +35,8 @@ def test_segment_command_writes_labels_and_reports_failures(images_dir, tmp_path
     code = main(["segment", str(images_dir), "--out", str(out), "--classical", "--nuclei"])
     err = capsys.readouterr().err
     assert code == 1
-    assert "broken" in err and "1 image(s) failed" in err and "wrote 2 of 3" in err
+    assert "wrote 2 of 3 label images" in err and "2 done, 0 skipped, 1 failed" in err
+    assert "broken: CorruptImageError" in err and "broken_blue.png" in err
     for image_id, shape, center in [("a", (256, 320), (128, 150)), ("b", (300, 260), (150, 130))]:
         cells = read_label_image(out / f"{image_id}_cells.png")
         nuclei = read_label_image(out / f"{image_id}_nuclei.png")
@@ -44,11 +45,41 @@ def test_segment_command_writes_labels_and_reports_failures(images_dir, tmp_path
     assert not (out / "broken_cells.png").exists()
 
 
-def test_segment_command_all_good_exits_0(images_dir, tmp_path):
-    (images_dir / "broken_red.png").unlink()  # no longer listed: ids come from red files
+def test_segment_command_all_good_exits_0(images_dir, tmp_path, capsys):
+    (images_dir / "broken_blue.png").unlink()
+    (images_dir / "broken_red.png").unlink()
+    (images_dir / "broken_green.png").unlink()
+    (images_dir / "broken_yellow.png").unlink()
     out = tmp_path / "out"
     assert main(["segment", str(images_dir), "--out", str(out), "--scale", "0.5"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a_cells.png", "b_cells.png"]
+    assert "no segmenter chosen" in capsys.readouterr().err
+    assert main(["segment", str(images_dir), "--out", str(out), "--classical"]) == 0
+    assert "no segmenter chosen" not in capsys.readouterr().err
+
+
+def test_segment_command_names_an_id_without_its_red_file(images_dir, tmp_path, capsys):
+    """Ids come from any channel file: an id without red is a named failure (exit 1), not
+    silently skipped."""
+    (images_dir / "broken_blue.png").unlink()
+    (images_dir / "a_red.png").unlink()
+    out = tmp_path / "out"
+    assert main(["segment", str(images_dir), "--out", str(out), "--classical"]) == 1
+    err = capsys.readouterr().err
+    assert "a: missing channel(s) red" in err and "broken: missing channel(s) blue" in err
+    assert "wrote 1 of 3 label images" in err
+    assert sorted(p.name for p in out.iterdir()) == ["b_cells.png"]
+
+
+def test_segment_command_workers_give_the_same_labels(images_dir, tmp_path):
+    """Two worker processes write the same label images as this process does."""
+    (images_dir / "broken_blue.png").unlink()
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["segment", str(images_dir), "--out", str(one), "--classical"]) == 1
+    argv = ["segment", str(images_dir), "--out", str(two), "--classical", "--workers", "2"]
+    assert main(argv) == 1
+    for name in ("a_cells.png", "b_cells.png"):
+        assert np.array_equal(read_label_image(one / name), read_label_image(two / name))
 
 
 def test_segment_command_with_weights(images_dir, tmp_path, capsys):
@@ -75,5 +106,25 @@ def test_segment_command_bad_arguments(tmp_path, capsys):
     tmp_path.joinpath("empty").mkdir()
     assert main(["segment", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert main(["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--scale", "0"]) == 2
+    assert "no images" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["segment", str(tmp_path), "--out", "o", "--classical", "--weights-dir", "w"])
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--scale", "inf", "SegConfig.scale must be in (0, 4], got inf"),
+        ("--scale", "nan", "SegConfig.scale must be in (0, 4], got nan"),
+        ("--pixel-size", "-1", "pixel_size (full-resolution pixels per image pixel) must be"),
+        ("--workers", "-1", "workers must be an integer in [0, 256], got -1"),
+        ("--workers", "100000", "workers must be an integer in [0, 256], got 100000"),
+    ],
+)
+def test_segment_command_absurd_numbers_exit_2(
+    images_dir, tmp_path, capsys, option, value, message
+):
+    out = tmp_path / "o"
+    assert main(["segment", str(images_dir), "--out", str(out), option, value]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

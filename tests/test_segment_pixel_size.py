@@ -189,7 +189,10 @@ def test_predict_command_passes_pixel_size(tmp_path, monkeypatch):
 
     monkeypatch.setattr(predict, "load_ensemble", lambda paths, device: [])
     monkeypatch.setattr(predict, "predict_folder", fake_predict_folder)
-    args = ["predict", "--images", str(tmp_path), "--sample", "s.csv", "--models", "m"]
+    sample = tmp_path / "s.csv"  # predict checks the sample and the images before loading
+    sample.write_text("ID,ImageWidth,ImageHeight,PredictionString\na,8,8,\n")
+    (tmp_path / "a_red.png").touch()
+    args = ["predict", "--images", str(tmp_path), "--sample", str(sample), "--models", "m"]
     args += ["--out", str(tmp_path / "sub.csv"), "--device", "cpu", "--seg-scale", "0.5"]
     assert main([*args, "--pixel-size", "2"]) == 0
     assert seen["segmenter"].config == SegConfig(scale=0.5, pixel_size=2.0)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -230,7 +234,7 @@ def test_write_submission_has_the_usual_file_mode(tmp_path) -> None:
 
 def test_write_submission_rejects_ids_that_break_csv(tmp_path) -> None:
     sample = _sample().assign(ID=["a", "b,c", "d", "e"])
-    with pytest.raises(SubmissionError, match="commas"):
+    with pytest.raises(SubmissionError, match="comma"):
         write_submission(tmp_path / "s.csv", {}, sample)
     assert not (tmp_path / "s.csv").exists()
 
@@ -265,7 +269,7 @@ def test_validate_missing_extra_duplicate_ids() -> None:
     extra = pd.concat([df, df.iloc[[1]].assign(ID="x")])
     assert _problems(extra) == {"x": ["extra: id is not in the sample"]}
     dup = pd.concat([df, df.iloc[[2]]])
-    assert _problems(dup) == {"c": ["row 2: id appears 2 times", "row 4: id appears 2 times"]}
+    assert _problems(dup) == {"c": ["row 4: repeated ID (first at row 2)"]}
 
 
 def test_validate_sizes() -> None:
@@ -273,10 +277,9 @@ def test_validate_sizes() -> None:
     df.loc[1, "ImageWidth"] = 5
     df.loc[2, "ImageHeight"] = "three"
     problems = _problems(df)
-    assert problems["b"][0] == "ImageWidth 5, expected 4"
-    # The mask is checked at the stated size: 3 x 4 pixels do not cover 3 x 5.
-    assert "covers 12 pixels" in problems["b"][1]
-    assert problems["c"] == ["ImageHeight 'three' is not a positive integer"]
+    # Masks are checked at the sample's size (3 x 4), where they are fine.
+    assert problems["b"] == ["ImageWidth 5, expected 4"]
+    assert problems["c"] == ["ImageHeight 'three' is not a positive integer written plainly"]
 
 
 @pytest.mark.parametrize(
@@ -284,12 +287,13 @@ def test_validate_sizes() -> None:
     [
         (f"19 0.5 {M1}", "triplet 0: class 19 out of range 0..18"),
         (f"0 0.5 {M1} -1 0.5 {M1}", "triplet 1: class -1 out of range 0..18"),
-        (f"a 0.5 {M1}", "triplet 0: class 'a' is not an integer"),
+        (f"a 0.5 {M1}", "triplet 0: class 'a' is not one of 0..18 written plainly"),
         (f"0 1.5 {M1}", "triplet 0: confidence 1.5 out of range [0, 1]"),
         (f"0 -0.5 {M1}", "triplet 0: confidence -0.5 out of range [0, 1]"),
-        (f"0 nan {M1}", "triplet 0: confidence 'nan' is not finite"),
-        (f"0 inf {M1}", "triplet 0: confidence 'inf' is not finite"),
-        (f"0 x {M1}", "triplet 0: confidence 'x' is not a number"),
+        (f"0 nan {M1}", "triplet 0: confidence 'nan' is not a plain decimal number"),
+        (f"0 inf {M1}", "triplet 0: confidence 'inf' is not a plain decimal number"),
+        (f"0 1e400 {M1}", "triplet 0: confidence 1e400 is not finite"),
+        (f"0 x {M1}", "triplet 0: confidence 'x' is not a plain decimal number"),
         (f"0 0.5 {M1} 1", "PredictionString has 4 tokens, not a multiple of 3"),
         ("", "empty PredictionString"),
         ("0 0.5 notbase64!", "mask 'notbase64!'"),
@@ -310,13 +314,13 @@ def test_validate_decodes_each_distinct_mask_once(monkeypatch) -> None:
     import hpa_kit.submission as submission
 
     calls: list[str] = []
-    real = submission.to_coco_rle
+    real = submission.mask_area
 
     def counting(text, height, width):
         calls.append(text)
         return real(text, height, width)
 
-    monkeypatch.setattr(submission, "to_coco_rle", counting)
+    monkeypatch.setattr(submission, "mask_area", counting)
     df = _good()
     df.loc[1, "PredictionString"] = " ".join(f"{c} 0.5 {M2}" for c in range(19))
     assert validate_submission(df, _sample()).ok
@@ -349,13 +353,14 @@ def test_cli_validate(tmp_path, capsys) -> None:
     _sample().to_csv(tmp_path / "sample.csv", index=False)
     _good().to_csv(tmp_path / "good.csv", index=False)
     bad = _good()
-    bad.loc[3, "PredictionString"] = f"0 1.5 {M1}"
+    bad.loc[3, "PredictionString"] = f"0 1.5 {M1} 0 0.5 {M1}"
     bad.iloc[1:].to_csv(tmp_path / "bad.csv", index=False)
     sample = ["--sample", str(tmp_path / "sample.csv")]
 
     assert main(["validate", str(tmp_path / "good.csv"), *sample]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("OK:") and len(out.splitlines()) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("OK:") and len(out) == 2
+    assert out[1].startswith("warning: 3 of 4 rows carry no cell prediction")
 
     assert main(["validate", str(tmp_path / "bad.csv"), *sample]) == 1
     out = capsys.readouterr().out
@@ -379,3 +384,264 @@ def test_real_sample_submission_validates_against_itself(samples_dir, capsys) ->
     assert report.n_masks_checked == 559
     assert main(["validate", str(path), "--sample", str(path)]) == 0
     assert capsys.readouterr().out.startswith("OK: 559 rows")
+
+
+# --------------------------------------------------------------------------- strict format
+
+
+def _csv(tmp_path, name: str, lines: list[str]) -> str:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+SAMPLE_LINES = ["ID,ImageWidth,ImageHeight", "a,4,3", "b,4,3", "c,4,3"]
+HEADER = "ID,ImageWidth,ImageHeight,PredictionString"
+
+
+@pytest.mark.parametrize("token", ["1_0", "+1", "\u0661", "01", "-0", "1.0", "00", "\uff11", "1e1"])
+def test_class_tokens_must_be_written_plainly(token: str) -> None:
+    # int() accepts all of these but "1.0" and "1e1"; the format allows only 0..18 as written.
+    with pytest.raises(SubmissionError, match="class .* is not one of 0..18 written plainly"):
+        parse_prediction_string(f"0 1 {M1} {token} 0.5 {M1}")
+    df = _good()
+    df.loc[1, "PredictionString"] = f"{token} 0.5 {M1}"
+    assert "is not one of 0..18 written plainly" in _problems(df)["b"][0]
+
+
+@pytest.mark.parametrize("token", ["19", "-1", "123456789012345678901234567890" * 200])
+def test_plain_integer_classes_out_of_range(token: str) -> None:
+    with pytest.raises(SubmissionError, match="out of range 0..18"):
+        parse_prediction_string(f"{token} 0.5 {M1}")
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["0_5", "nan", "NaN", "inf", "-inf", "\u0660.5", "0.5\u0665", "0x1", "0.5.1", "1e", "."],
+)
+def test_confidence_tokens_must_be_plain_decimals(token: str) -> None:
+    with pytest.raises(SubmissionError, match="is not a plain decimal number"):
+        parse_prediction_string(f"0 {token} {M1}")
+
+
+@pytest.mark.parametrize(
+    ("token", "value"), [(".5", 0.5), ("1.", 1.0), ("5e-1", 0.5), ("1E-3", 0.001), ("+0.25", 0.25)]
+)
+def test_plain_decimal_confidences_are_read(token: str, value: float) -> None:
+    assert parse_prediction_string(f"7 {token} {M1}") == [(7, value, M1)]
+
+
+@pytest.mark.parametrize("mask", ["ab!c", "\u00e9t\u00e9", "a=b"])
+def test_mask_tokens_must_be_base64_text(mask: str) -> None:
+    with pytest.raises(SubmissionError, match="is not base64 text"):
+        parse_prediction_string(f"0 0.5 {mask}")
+
+
+def test_ragged_row_is_named_by_line_and_does_not_shift_the_table(tmp_path) -> None:
+    sample = _csv(tmp_path, "sample.csv", SAMPLE_LINES)
+    sub = _csv(
+        tmp_path,
+        "sub.csv",
+        [HEADER, f"a,4,3,0 1 {E34}", f"b,4,3,0 1 {E34},extra", f"c,4,3,0 0.5 {M1}"],
+    )
+    report = validate_submission(sub, sample)
+    assert report.problems == {"b": ["line 3: 5 field(s), expected 4 (" + HEADER + ")"]}
+    with pytest.raises(SubmissionError, match=r"sub.csv line 3: 5 field\(s\), expected 4"):
+        read_submission(sub)
+    short = _csv(tmp_path, "short.csv", [HEADER, f"a,4,3,0 1 {E34}", "zz,4"])
+    problems = validate_submission(short, sample).problems
+    assert problems[FILE_KEY] == ["line 3: 2 field(s), expected 4 (" + HEADER + ")"]
+    assert problems["b"] == problems["c"] == ["missing: id of the sample has no row"]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (HEADER + ",Extra", r"unknown column\(s\) \['Extra'\]"),
+        ("ID,ImageWidth,ImageHeight,PredictionString,ID", r"repeated column\(s\) \['ID'\]"),
+        ("ID,ImageWidth,ImageHeight", r"missing column\(s\) \['PredictionString'\]"),
+        (" ID,ImageWidth,ImageHeight,PredictionString", r"missing column\(s\) \['ID'\]"),
+    ],
+)
+def test_extra_repeated_or_missing_columns_are_rejected(tmp_path, header, message) -> None:
+    n = header.count(",") + 1
+    sub = _csv(tmp_path, "sub.csv", [header, ",".join(["a", "4", "3", f"0 1 {E34}", "x"][:n])])
+    report = validate_submission(sub, _csv(tmp_path, "sample.csv", SAMPLE_LINES))
+    assert list(report.problems) == [FILE_KEY]
+    assert re.search(message, report.problems[FILE_KEY][0])
+    with pytest.raises(SubmissionError, match=message):
+        read_submission(sub)
+
+
+def test_dataframe_with_repeated_columns_is_rejected() -> None:
+    df = pd.concat([_good(), _good()[["ID"]]], axis=1)
+    with pytest.raises(SubmissionError, match=r"repeated column\(s\) \['ID'\]"):
+        read_submission(df)
+
+
+def test_submission_id_with_surrounding_spaces_is_a_problem(tmp_path) -> None:
+    sample = _csv(tmp_path, "sample.csv", SAMPLE_LINES)
+    lines = [HEADER, f"a,4,3,0 1 {E34}", f" b,4,3,0 1 {E34}", f"c ,4,3,0 1 {E34}"]
+    problems = validate_submission(_csv(tmp_path, "sub.csv", lines), sample).problems
+    assert problems == {
+        "b": ["line 3: ID ' b' has surrounding spaces"],
+        "c": ["line 4: ID 'c ' has surrounding spaces"],
+    }
+    with pytest.raises(SubmissionError, match="line 3: ID ' b' has surrounding spaces"):
+        read_submission(tmp_path / "sub.csv")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("+4", "not a positive integer written plainly"),
+        ("04", "not a positive integer written plainly"),
+        (" 4", "not a positive integer written plainly"),
+        ("4_0", "not a positive integer written plainly"),
+        ("\u0664", "not a positive integer written plainly"),
+        ("4.0", "not a positive integer written plainly"),
+        ("16385", "larger than 16384"),
+        ("9" * 400, "larger than 16384"),
+    ],
+)
+def test_sizes_must_be_written_plainly(tmp_path, text: str, message: str) -> None:
+    sample = _csv(tmp_path, "sample.csv", SAMPLE_LINES)
+    lines = [HEADER, f"a,{text},3,0 1 {E34}", f"b,4,3,0 1 {E34}", f"c,4,3,0 1 {E34}"]
+    problems = validate_submission(_csv(tmp_path, "sub.csv", lines), sample).problems
+    assert list(problems) == ["a"] and message in problems["a"][0]
+    with pytest.raises(SubmissionError, match=f"line 2: ImageWidth .*{message}.*'a'"):
+        read_submission(tmp_path / "sub.csv")
+
+
+def test_quoted_fields_and_byte_order_mark_are_read(tmp_path) -> None:
+    sample = _csv(tmp_path, "sample.csv", SAMPLE_LINES)
+    lines = ['"ID","ImageWidth","ImageHeight","PredictionString"']
+    lines += [f'"{i}","4","3","0 1 {E34}"' for i in "abc"]
+    path = tmp_path / "quoted.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n\r\n")
+    assert validate_submission(path, sample).ok
+    assert read_submission(path)["ID"].tolist() == ["a", "b", "c"]
+
+
+def test_bad_quoting_is_named_by_line(tmp_path) -> None:
+    sample = _csv(tmp_path, "sample.csv", SAMPLE_LINES)
+    lines = [HEADER, f"a,4,3,0 1 {E34}", f'b,4,3,"0 1 {E34}', f"c,4,3,0 1 {E34}"]
+    problems = validate_submission(_csv(tmp_path, "sub.csv", lines), sample).problems
+    assert problems[FILE_KEY][0].startswith("line 3: bad quoting")
+    assert problems["b"] == ["missing: id of the sample has no row"]  # its row was unreadable
+    assert list(problems) == [FILE_KEY, "b"]
+
+
+# --------------------------------------------------------------------------- sample ids
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ('"a,b"', "ID 'a,b' holds a comma"),
+        ('"a""b"', "ID 'a\"b' holds a quote"),
+        ("a'b", 'ID "a\'b" holds a quote'),
+        ("a/b", "ID 'a/b' holds a path separator"),
+        ("a\\b", "ID 'a\\\\\\\\b' holds a path separator"),
+        ("..", "ID '..' holds '..'"),
+        ("x..y", "ID 'x..y' holds '..'"),
+        (" a", "ID ' a' has surrounding spaces"),
+        ("a ", "ID 'a ' has surrounding spaces"),
+        ("a b", "ID 'a b' holds ' '"),
+        ("a\tb", "ID 'a\\\\tb' holds"),
+        ("\u00e9", "ID '\u00e9' holds '\u00e9'"),
+        ("", "empty ID"),
+    ],
+)
+def test_read_sample_rejects_unsafe_ids_with_line_and_id(tmp_path, field, message) -> None:
+    path = _csv(tmp_path, "sample.csv", ["ID,ImageWidth,ImageHeight", "ok,4,3", f"{field},4,3"])
+    with pytest.raises(SubmissionError, match=f"sample .*sample.csv line 3: {message}"):
+        read_sample(path)
+    with pytest.raises(SubmissionError, match="line 3"):
+        write_submission(tmp_path / "s.csv", {}, path)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_read_sample_rejects_repeats_and_empty_samples(tmp_path) -> None:
+    path = _csv(tmp_path, "sample.csv", ["ID,ImageWidth,ImageHeight", "a,4,3", "b,4,3", "a,4,3"])
+    with pytest.raises(SubmissionError, match=r"line 4: repeated ID 'a' \(first at line 2\)"):
+        read_sample(path)
+    with pytest.raises(SubmissionError, match="has no rows"):
+        read_sample(_csv(tmp_path, "empty.csv", ["ID,ImageWidth,ImageHeight"]))
+
+
+# --------------------------------------------------------------------------- CLI: warnings, errors
+
+
+def test_cli_validate_warns_about_rows_without_cells(tmp_path, capsys) -> None:
+    sample = _csv(tmp_path, "sample.csv", SAMPLE_LINES)
+    empty_cells = f"0 0.5 {E34} 3 0.25 {E34}"  # triplets, but every mask empty
+    lines = [HEADER, f"a,4,3,0 0.9 {M1}", f"b,4,3,0 1 {E34}", f"c,4,3,{empty_cells}"]
+    sub = _csv(tmp_path, "sub.csv", lines)
+    assert main(["validate", sub, "--sample", sample]) == 0  # a warning, not a failure
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("OK: 3 rows")
+    assert out[1] == (
+        "warning: 2 of 3 rows carry no cell prediction (placeholder '0 1 <empty mask>', "
+        "only empty masks, or an empty PredictionString)"
+    )
+    assert main(["validate", sub, "--sample", sample, "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["ok"] is True and report["n_rows_without_cells"] == 2
+    assert report["problems"] == {} and report["n_rows"] == 3
+    assert captured.err.startswith("hpa-kit validate: warning: 2 of 3 rows")
+    lines[1] = "a,4,3,"  # an empty PredictionString: a problem, and a row without cells
+    assert main(["validate", _csv(tmp_path, "e.csv", lines), "--sample", sample, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["n_rows_without_cells"] == 3
+    assert report["problems"] == {
+        "a": ["empty PredictionString (write the placeholder '0 1 <empty mask>')"]
+    }
+
+
+def _one_line_error(capsys, argv: list[str], code: int) -> str:
+    assert main(argv) == code
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    return captured.err
+
+
+def test_cli_validate_named_errors_for_unreadable_inputs(tmp_path, capsys) -> None:
+    sample = _csv(tmp_path, "sample.csv", SAMPLE_LINES)
+    good = _csv(tmp_path, "good.csv", [HEADER] + [f"{i},4,3,0 1 {E34}" for i in "abc"])
+    err = _one_line_error(capsys, ["validate", str(tmp_path), "--sample", sample], 2)
+    assert err == f"hpa-kit validate: submission {tmp_path} is a directory, not a CSV file\n"
+    err = _one_line_error(capsys, ["validate", good, "--sample", str(tmp_path)], 2)
+    assert f"sample {tmp_path} is a directory" in err
+    binary = tmp_path / "sub.csv.gz"
+    binary.write_bytes(gzip.compress(Path(good).read_bytes()))
+    err = _one_line_error(capsys, ["validate", str(binary), "--sample", sample], 2)
+    assert "sub.csv.gz line 1 is not UTF-8 text" in err
+    nul = tmp_path / "nul.csv"
+    nul.write_bytes(Path(good).read_bytes().replace(b"a,4", b"a\x00,4"))
+    err = _one_line_error(capsys, ["validate", str(nul), "--sample", sample], 2)
+    assert "nul.csv line 2 holds a NUL byte" in err
+    (tmp_path / "empty.csv").write_bytes(b"")
+    err = _one_line_error(capsys, ["validate", str(tmp_path / "empty.csv"), "--sample", sample], 2)
+    assert "empty.csv is empty: no header line" in err
+    (tmp_path / "link.csv").symlink_to(tmp_path / "gone.csv")
+    err = _one_line_error(capsys, ["validate", str(tmp_path / "link.csv"), "--sample", sample], 2)
+    assert "submission file not found" in err
+
+
+def test_cli_validate_names_the_id_of_a_truncated_file(tmp_path, capsys) -> None:
+    sample = _csv(tmp_path, "sample.csv", SAMPLE_LINES)
+    text = HEADER + "\n" + "".join(f"{i},4,3,0 0.5 {M1} 1 0.5 {M2}\n" for i in "abc")
+    path = tmp_path / "cut.csv"
+    path.write_text(text[: len(text) - 9])  # the last mask is cut
+    assert main(["validate", str(path), "--sample", sample]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("INVALID: 1 problem(s) in 1 id(s)")
+    assert "  c: triplet(s) [1]: mask " in out
+
+
+def test_submission_error_is_a_usage_error() -> None:
+    from hpa_kit.errors import UsageError
+
+    assert issubclass(SubmissionError, UsageError) and SubmissionError.exit_code == 2

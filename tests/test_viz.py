@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 from hpa_kit.viz import (
+    COMPARISON_TITLES,
     annotate_cells,
     composite,
     draw_outlines,
     find_outlines,
     overlay,
+    prediction_vs_truth,
     save_png,
+    side_by_side,
 )
 
 # 0 = background; cells 1, 2 touch along a vertical border; 3 touches the image border only.
@@ -180,3 +183,113 @@ def test_save_png_round_trip(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         save_png(tmp_path / "bad.png", rgb.astype(np.float32))
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["g.png", "sub", "x.png"]
+
+
+# ---------------------------------------------------------------- text placement and legends
+
+
+def _drawn(out: np.ndarray, background: int) -> np.ndarray:
+    return np.any(out != background, axis=2)
+
+
+@pytest.mark.parametrize("where", ["left", "right", "top", "bottom", "corner"])
+def test_annotate_cells_keeps_a_border_cells_text_inside_the_image(where):
+    text = "12\nNucl.memb. 0.81\nVesicles 0.12"
+    # the reference: the same cell in the middle of a large image, where nothing is clipped
+    big = np.zeros((300, 400), np.int32)
+    big[140:160, 190:210] = 1
+    grey = np.full(big.shape + (3,), 128, np.uint8)
+    full = _drawn(annotate_cells(grey, big, {1: text}, font_scale=0.4), 128)
+    # a small cell at the image border: its centred text would cross the edge
+    labels = np.zeros((60, 120), np.int32)
+    rows, cols = {
+        "left": (slice(25, 35), slice(0, 4)),
+        "right": (slice(25, 35), slice(116, 120)),
+        "top": (slice(0, 3), slice(50, 60)),
+        "bottom": (slice(57, 60), slice(50, 60)),
+        "corner": (slice(0, 3), slice(116, 120)),
+    }[where]
+    labels[rows, cols] = 1
+    rgb = np.full(labels.shape + (3,), 128, np.uint8)
+    drawn = _drawn(annotate_cells(rgb, labels, {1: text}, font_scale=0.4), 128)
+    # every pixel of the text (and its dark edge) is drawn: none fell outside the image
+    assert drawn.sum() == full.sum() > 0
+    assert not (drawn[0].any() or drawn[-1].any() or drawn[:, 0].any() or drawn[:, -1].any())
+    # and it is the same picture, only moved
+    r, c = np.nonzero(full)
+    rr, cc = np.nonzero(drawn)
+    moved = np.zeros_like(full)
+    moved[r - r.min(), c - c.min()] = True
+    again = np.zeros_like(full)
+    again[rr - rr.min(), cc - cc.min()] = True
+    assert np.array_equal(moved, again)
+
+
+def test_annotate_cells_text_stays_centred_when_it_fits():
+    labels = np.zeros((100, 100), np.int32)
+    labels[40:60, 40:60] = 1
+    rgb = np.zeros(labels.shape + (3,), np.uint8)
+    rows, cols = np.nonzero(_drawn(annotate_cells(rgb, labels, {1: "Cytosol"}), 0))
+    assert abs((rows.min() + rows.max()) / 2 - 49.5) <= 2
+    assert abs((cols.min() + cols.max()) / 2 - 49.5) <= 2
+
+
+def test_overlay_writes_short_class_names():
+    import cv2
+
+    from hpa_kit.labels import SHORT_NAMES
+
+    labels = np.zeros((80, 160), np.int32)
+    labels[10:70, 20:140] = 1
+    image = np.zeros(labels.shape + (4,), np.uint8)
+    probs = {1: np.eye(19)[16] * 0.9}
+    out = overlay(image, labels, probs=probs, top_k=1)
+    expected = annotate_cells(
+        draw_outlines(np.zeros(labels.shape + (3,), np.uint8), labels),
+        labels,
+        {1: f"1\n{SHORT_NAMES[16]} 0.90"},
+    )
+    assert SHORT_NAMES[16] == "Cytosol" and np.array_equal(out, expected)
+    assert cv2.getTextSize("Cytosol 0.90", cv2.FONT_HERSHEY_SIMPLEX, 0.35, 1)[0][0] < 160
+
+
+def test_side_by_side_gap_and_titles():
+    a = np.zeros((30, 50, 3), np.uint8)
+    b = np.full((30, 40, 3), 7, np.uint8)
+    row = side_by_side([a, b], gap=3)
+    assert row.shape == (30, 93, 3)
+    assert np.all(row[:, 50:53] == 255) and np.all(row[:, 53:] == 7) and not row[:, :50].any()
+    titled = side_by_side([a, b], titles=["left", "right"], gap=3)
+    strip = titled.shape[0] - 30
+    assert titled.shape[1] == 93 and strip > 8
+    assert np.array_equal(titled[strip:], row)
+    # each title is written above its own panel
+    text = np.any(titled[:strip] > 32, axis=2)
+    assert text[:, :50].any() and text[:, 53:].any()
+    for bad in ([a, b[:20]], []):
+        with pytest.raises(ValueError, match="one height"):
+            side_by_side(bad)
+    with pytest.raises(ValueError, match="one title per panel"):
+        side_by_side([a, b], titles=["only one"])
+
+
+def test_prediction_vs_truth_panels():
+    from hpa_kit.labels import SHORT_NAMES
+    from hpa_kit.rle import encode_label_image
+    from hpa_kit.submission import format_prediction_string
+
+    labels = np.zeros((120, 200), np.int32)
+    labels[10:110, 10:90] = 1
+    labels[10:110, 110:190] = 2
+    masks = encode_label_image(labels)
+    prediction = format_prediction_string([(0, 0.5, masks[1]), (16, 0.75, masks[2])])
+    truth = format_prediction_string([(0, 1.0, masks[1]), (14, 1.0, masks[2]), (16, 1, masks[2])])
+    image = np.zeros(labels.shape + (4,), np.uint8)
+    picture = prediction_vs_truth(image, prediction, truth)
+    left = overlay(image, labels, probs={1: np.eye(19)[0] * 0.5, 2: np.eye(19)[16] * 0.75})
+    right = annotate_cells(
+        draw_outlines(composite(image), labels),
+        labels,
+        {1: SHORT_NAMES[0], 2: f"{SHORT_NAMES[14]}\n{SHORT_NAMES[16]}"},
+    )
+    assert np.array_equal(picture, side_by_side([left, right], titles=COMPARISON_TITLES))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 __all__ = ["register"]
 
@@ -15,8 +14,9 @@ with TTA, write and validate DIR/submission.csv, and score it against the cell-l
 with the competition metric, beside two baselines on the same cells (every cell given its
 image's confidence: from the whole image, and the mean of its cells). Also writes overlays of
 a few test images and DIR/summary.json (mAPs, segmentation F1, seconds per stage).
-Exits 0 when the submission is valid and all three scores were computed, else 1.
-DIR must be new, empty, or an earlier demo's folder (whose outputs are replaced).
+Exits 0 when the submission is valid and all three scores were computed, 1 when the run
+failed or its submission is invalid, 2 for bad options or a DIR that is not new, empty, or an
+earlier demo's folder (whose outputs are replaced); nothing is written then.
 """
 
 
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a reduced run (tiny images, one short epoch, no TTA): checks the plumbing in seconds",
     )
     parser.add_argument("--n-train", type=int, default=None, help="training images (default 120)")
-    parser.add_argument("--n-test", type=int, default=None, help="test images (default 24)")
+    parser.add_argument("--n-test", type=int, default=None, help="test images (default 144)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
     parser.add_argument(
         "--tta", choices=("none", "seed", "d4"), default=None, help="TTA set (default seed)"
@@ -60,12 +60,8 @@ def _run(args: argparse.Namespace) -> int:
     }
     if args.no_progress:
         changes["progress"] = False
-    try:
-        config = quick_config(**changes) if args.quick else DemoConfig(**changes)
-        result = run_demo(args.out, config)
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"hpa-kit demo: {exc}", file=sys.stderr)
-        return 1
+    config = quick_config(**changes) if args.quick else DemoConfig(**changes)
+    result = run_demo(args.out, config)
     print()
     print(format_summary(result.summary))
     scores = result.summary["scores"]

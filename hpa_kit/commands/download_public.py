@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "PNGs of SIZE x SIZE (area interpolation) named DST/{id}_{color}.png, and write the "
             "labels CSV (ID,Label) of the ids whose four PNGs exist. Resumable: ids with all four "
             "PNGs are skipped without a request. Failures are listed at the end and make the "
-            "exit status 1."
+            "exit status 1; bad arguments, a missing list or an unwritable output exit 2 "
+            "before any request."
         ),
     )
     parser.add_argument("list", help="the public image list, e.g. kaggle_2021.tsv")
@@ -58,15 +59,9 @@ def _run(args: argparse.Namespace) -> int:
         select_public_images,
     )
 
-    try:
-        table = read_public_list(args.list)
-        selection = select_public_images(table)
-        retry = RetryPolicy(attempts=args.attempts, backoff=args.backoff, timeout=args.timeout)
-        if args.size < 1 or args.workers < 1:
-            raise ValueError(f"--size and --workers must be >= 1, got {args.size}, {args.workers}")
-    except (OSError, ValueError) as exc:  # missing list, missing columns, bad options
-        print(f"hpa-kit download-public: {exc}", file=sys.stderr)
-        return 2
+    table = read_public_list(args.list)
+    selection = select_public_images(table)
+    retry = RetryPolicy(attempts=args.attempts, backoff=args.backoff, timeout=args.timeout)
     print(
         f"{args.list}: {len(table)} rows, {len(selection.images)} images selected, "
         f"{selection.excluded} rows excluded by the filter, {len(selection.rejected)} rejected"

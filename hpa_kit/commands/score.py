@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 __all__ = ["register"]
 
@@ -16,7 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Compute the competition mAP (IoU 0.6, Open Images rules, see hpa_kit.metric) of "
             "SUBMISSION against TRUTH, a CSV in submission format with one 'class 1 mask' "
-            "triplet per true cell and class. Prints mAP and per-class AP as JSON."
+            "triplet per true cell and class. Prints mAP and per-class AP as JSON. Both files "
+            "are read by the format rules of hpa_kit.submission, one row at a time. Exit 0: "
+            "scored; 2: a file cannot be read or breaks the format (one line names the file, "
+            "line or id and the cause); 1: another failure."
         ),
     )
     parser.add_argument("submission", metavar="SUBMISSION", help="submission CSV")
@@ -41,18 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from hpa_kit.metric import score_submission
-    from hpa_kit.submission import SubmissionError
 
-    try:
-        result = score_submission(
-            args.submission,
-            args.truth,
-            iou=args.iou,
-            ignore_absent_classes=not args.all_classes,
-            progress=args.progress,
-        )
-    except SubmissionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = score_submission(
+        args.submission,
+        args.truth,
+        iou=args.iou,
+        ignore_absent_classes=not args.all_classes,
+        progress=args.progress,
+    )
     print(json.dumps(result.to_dict(), indent=2))
     return 0

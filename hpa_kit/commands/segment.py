@@ -18,8 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "0 = background, 1..N = cells, at the image's full size. Uses HPA-Cell-Segmentation's "
             "networks from --weights-dir (dpn_unet_nuclei_v1.pth and dpn_unet_cell_3ch_v1.pth "
             "or dpn_unet_cell_v2.pth; needs the pytorch_zoo package) or, by default "
-            "(--classical), the weights-free classical predictor. An image that cannot be read "
-            "or segmented is reported by id and skipped; the exit code is 1 if any failed."
+            "(--classical), the weights-free classical predictor. Ids are found from any of "
+            "their channel files; an id that lacks a channel, cannot be read or segmented is "
+            "reported by id with its cause and the others go on. Exit status: 0; 1 if any id "
+            "failed; 2 for bad arguments or folders (nothing written)."
         ),
     )
     parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of channel PNGs")
@@ -48,102 +50,74 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--nuclei", action="store_true", help="also write {id}_nuclei.png")
-    parser.add_argument("--device", default="cpu", help="torch device for the networks")
+    parser.add_argument(
+        "--device", default=None, help="torch device for the networks (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes for reading, labelling and writing (default 0: this process)",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=4, help="images per network batch (default 4)"
     )
     parser.add_argument("--ext", default=".png", help="channel file extension (default .png)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import math
-    from pathlib import Path
-
-    from hpa_kit.io import ImageError, list_image_ids, read_image, write_label_image
-    from hpa_kit.progress import progress_bar
+def _segmenter(args: argparse.Namespace):
+    """The segmenter the options ask for; bad sizes or missing weights are usage errors."""
+    from hpa_kit.errors import UsageError, describe
+    from hpa_kit.runner import check_number
     from hpa_kit.segment import ClassicalSegmenter, NetworkSegmenter
 
-    images_dir, out = Path(args.images_dir), Path(args.out)
-    if not images_dir.is_dir():
-        print(f"error: {images_dir} is not a folder", file=sys.stderr)
-        return 2
-    if not 0 < args.scale <= 1:
-        print(f"error: --scale must be in (0, 1], got {args.scale}", file=sys.stderr)
-        return 2
-    if not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
-        print(f"error: --pixel-size must be > 0, got {args.pixel_size}", file=sys.stderr)
-        return 2
-    if args.batch_size < 1:
-        print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
-        return 2
-    if args.weights_dir:
-        try:
-            segmenter = NetworkSegmenter.from_dir(
+    if not (args.weights_dir or args.classical):
+        print(
+            "segment: no segmenter chosen, using the weights-free classical segmenter "
+            "(--classical says so; --weights-dir DIR uses hpacellseg's networks)",
+            file=sys.stderr,
+        )
+    try:
+        if args.weights_dir:
+            from hpa_kit.predict import resolve_device
+
+            check_number("--batch-size", args.batch_size, low=1, integer=True)
+            return NetworkSegmenter.from_dir(
                 args.weights_dir,
-                args.device,
+                resolve_device(args.device),
                 scale=args.scale,
                 batch_size=args.batch_size,
                 pixel_size=args.pixel_size,
             )
-        except (FileNotFoundError, ImportError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        batch_size = args.batch_size
-    else:
-        segmenter = ClassicalSegmenter(scale=args.scale, pixel_size=args.pixel_size)
-        batch_size = 1
-    ids = list_image_ids(images_dir, ext=args.ext)
-    if not ids:
-        print(f"error: no images ({{id}}_red{args.ext}) in {images_dir}", file=sys.stderr)
-        return 2
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"segmenting {len(ids)} images with {segmenter!r} -> {out}", file=sys.stderr)
+        return ClassicalSegmenter(scale=args.scale, pixel_size=args.pixel_size)
+    except UsageError:
+        raise
+    except ValueError as exc:  # SegConfig's checks
+        given = f"--scale {args.scale}, --pixel-size {args.pixel_size}"
+        raise UsageError(f"bad segmenter option ({given}): {describe(exc)}") from exc
+    except (OSError, ImportError) as exc:
+        raise UsageError(f"cannot load the segmentation networks: {describe(exc)}") from exc
 
-    failures: dict[str, str] = {}
-    written = 0
 
-    def _write(image_id: str, labels: tuple) -> None:
-        nonlocal written
-        nuclei, cells = labels
-        write_label_image(out / f"{image_id}_cells.png", cells)
-        if args.nuclei:
-            write_label_image(out / f"{image_id}_nuclei.png", nuclei)
-        written += 1
+def _run(args: argparse.Namespace) -> int:
+    from hpa_kit.segment import segment_folder
 
-    def _flush(batch: list) -> None:
-        """Segment a batch; if it fails, retry its images one by one to name the failing ids."""
-        try:
-            results = segmenter.segment([image for _, image in batch])
-        except Exception as exc:  # noqa: BLE001 - a batch job records the failure and goes on
-            if len(batch) > 1:
-                for item in batch:
-                    _flush([item])
-            else:
-                failures[batch[0][0]] = f"{type(exc).__name__}: {exc}"
-            return
-        for (image_id, _), labels in zip(batch, results, strict=True):
-            try:
-                _write(image_id, labels)
-            except (OSError, ValueError) as exc:
-                failures[image_id] = f"{type(exc).__name__}: {exc}"
-
-    batch: list = []
-    for image_id in progress_bar(ids, desc="segment", unit="image"):
-        try:
-            batch.append((image_id, read_image(images_dir, image_id, ext=args.ext)))
-        except (ImageError, OSError) as exc:
-            failures[image_id] = f"{type(exc).__name__}: {exc}"
-        if len(batch) >= batch_size:
-            _flush(batch)
-            batch = []
-    if batch:
-        _flush(batch)
-
-    print(f"wrote {written} of {len(ids)} label images to {out}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} image(s) failed:", file=sys.stderr)
-        for image_id, reason in sorted(failures.items()):
-            print(f"  {image_id}: {reason}", file=sys.stderr)
-        return 1
-    return 0
+    segmenter = _segmenter(args)
+    print(f"segmenting {args.images_dir} with {segmenter!r} -> {args.out}", file=sys.stderr)
+    report = segment_folder(
+        args.images_dir,
+        args.out,
+        segmenter=segmenter,
+        nuclei=args.nuclei,
+        ext=args.ext,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {len(report.done)} of {report.total} label images to {args.out}\n"
+        + report.summary(),
+        file=sys.stderr,
+    )
+    return report.exit_code

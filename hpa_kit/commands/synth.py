@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+from hpa_kit.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hpa_kit.synth import SynthConfig, SynthDataset, SynthImage
 
 __all__ = ["register"]
 
@@ -43,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "{id}_nuclei.png (16-bit label images), OUT/train.csv (image-level labels), "
             "OUT/sample_submission.csv (placeholder rows) and OUT/truth.csv (every true cell "
             "and class, for `hpa-kit score`). Image k uses seed (SEED, k): the same command "
-            "writes the same bytes. Exits 1 if any image failed (listed)."
+            "writes the same bytes. Exits 1 if any image failed (listed), 2 for a bad option."
         ),
     )
     parser.add_argument("out", metavar="OUT", help="output folder (created)")
@@ -73,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="also write OUT/previews/{id}.png overlays (outlines, true classes) for K images",
+        help="also write OUT/previews/{id}.png overlays (outlines, cell ids, true classes by short "
+        "name) for K images",
     )
     parser.set_defaults(func=_run)
 
@@ -81,10 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    import numpy as np
-
-    from hpa_kit.synth import SynthConfig, class_counts, generate_image, write_dataset
-    from hpa_kit.viz import annotate_cells, composite, draw_outlines, save_png
+    from hpa_kit.synth import SynthConfig, class_counts, write_dataset
 
     config = SynthConfig()
     try:
@@ -100,35 +104,16 @@ def _run(args: argparse.Namespace) -> int:
             config=config,
             id_prefix=args.id_prefix,
         )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # a bad option: found before any image is drawn
+        raise UsageError(str(exc)) from exc
     print(
         f"wrote {len(dataset.ids)} images ({dataset.num_cells} cells) to {dataset.out}: "
         f"{dataset.train_csv.name}, {dataset.sample_submission.name}, {dataset.truth.name}"
     )
     if args.previews > 0:
-        import cv2
-
-        shown = []
-        for image_id in dataset.ids[: args.previews]:
-            index = int(image_id.rsplit("_", 1)[1])
-            synth = generate_image(size=args.size, seed=(args.seed, index), config=config)
-            shown.append(synth)
-            rgb = composite(synth.image)
-            labels = synth.cell_labels
-            factor = max(rgb.shape[:2]) / 1024
-            if factor > 1:  # previews at most 1024 px
-                size = (round(rgb.shape[1] / factor), round(rgb.shape[0] / factor))
-                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-                labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
-            texts = {
-                cell: f"{cell}\n" + ",".join(map(str, classes))
-                for cell, classes in synth.cell_classes.items()
-                if np.any(labels == cell)
-            }
-            rgb = annotate_cells(draw_outlines(rgb, labels), labels, texts)
-            save_png(dataset.out / "previews" / f"{image_id}.png", rgb)
+        shown = _write_previews(
+            dataset, args.previews, size=args.size, seed=args.seed, config=config
+        )
         counts = class_counts(shown)
         print(
             f"wrote {len(shown)} previews to {dataset.out / 'previews'}; cells per class there: "
@@ -140,3 +125,43 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {image_id}: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def _write_previews(
+    dataset: SynthDataset,
+    count: int,
+    *,
+    size: int | tuple[int, int],
+    seed: int,
+    config: SynthConfig,
+) -> list[SynthImage]:
+    """``previews/{id}.png`` of the first ``count`` images of ``dataset`` (at most 1024 px):
+    the composite, true outlines, and each cell's id and classes (short names). Returns the
+    images drawn."""
+    import cv2
+    import numpy as np
+
+    from hpa_kit.labels import SHORT_NAMES
+    from hpa_kit.synth import generate_image
+    from hpa_kit.viz import annotate_cells, composite, draw_outlines, save_png
+
+    shown = []
+    for image_id in dataset.ids[:count]:
+        index = int(image_id.rsplit("_", 1)[1])
+        synth = generate_image(size=size, seed=(seed, index), config=config)
+        shown.append(synth)
+        rgb = composite(synth.image)
+        labels = synth.cell_labels
+        factor = max(rgb.shape[:2]) / 1024
+        if factor > 1:  # previews at most 1024 px
+            shape = (round(rgb.shape[1] / factor), round(rgb.shape[0] / factor))
+            rgb = cv2.resize(rgb, shape, interpolation=cv2.INTER_AREA)
+            labels = cv2.resize(labels, shape, interpolation=cv2.INTER_NEAREST)
+        texts = {
+            cell: "\n".join([str(cell)] + [SHORT_NAMES[c] for c in classes])
+            for cell, classes in synth.cell_classes.items()
+            if np.any(labels == cell)
+        }
+        rgb = annotate_cells(draw_outlines(rgb, labels), labels, texts)
+        save_png(dataset.out / "previews" / f"{image_id}.png", rgb)
+    return shown

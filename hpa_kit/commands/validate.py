@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 __all__ = ["register"]
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,11 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validate",
         help="check a submission.csv against the expected ids and sizes",
         description=(
-            "Check SUBMISSION against the ids and sizes of SAMPLE (sample_submission.csv): "
-            "missing, extra and repeated ids, ImageWidth/ImageHeight, classes 0..18, finite "
-            "confidences in [0, 1], triplet structure, and that every distinct mask decodes "
-            "at its image's size. Prints the problems by id and exits 1 if there are any, "
-            "else prints one OK line and exits 0 (2: a file cannot be read)."
+            "Check SUBMISSION against the ids and sizes of SAMPLE (sample_submission.csv), "
+            "strictly, by the format rules of hpa_kit.submission: columns, one line per row, "
+            "missing, extra and repeated ids, ImageWidth/ImageHeight, classes 0..18 and "
+            "confidences in [0, 1] written plainly, triplet structure, and that every distinct "
+            "mask decodes at its image's size. Warns (without failing) about rows that carry "
+            "no cell prediction. Prints the problems by id; exit 0: valid, 1: problems found, "
+            "2: a file cannot be read or the sample is bad."
         ),
     )
     parser.add_argument("submission", metavar="SUBMISSION", help="submission CSV to check")
@@ -25,18 +38,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--sample", required=True, metavar="SAMPLE", help="sample_submission.csv (ids, sizes)"
     )
     parser.add_argument(
-        "--limit", type=int, default=50, metavar="N", help="ids listed at most (default 50)"
+        "--limit",
+        type=_non_negative,
+        default=50,
+        metavar="N",
+        help="ids listed at most (default 50)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the whole report as JSON on stdout (warnings also go to stderr)",
     )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hpa_kit.submission import SubmissionError, validate_submission
+    from hpa_kit.submission import validate_submission
 
-    try:
-        report = validate_submission(args.submission, args.sample)
-    except SubmissionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report.summary(limit=args.limit))
+    report = validate_submission(args.submission, args.sample)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        for warning in report.warnings:
+            print(f"hpa-kit validate: warning: {warning}", file=sys.stderr)
+    else:
+        print(report.summary(limit=args.limit))
     return 0 if report.ok else 1

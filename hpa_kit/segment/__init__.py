@@ -20,7 +20,8 @@ weights-free :func:`classical_maps`. Both feed :func:`label_cells` unchanged;
 objects split the work the way a predictor needs it: ``.maps(images)`` on the main process
 (GPU), ``.labels(nuclei_maps, cell_maps, shape)`` in CPU workers (or send ``.config`` to the
 workers and call :func:`maps_to_labels` there). :func:`match_labels` measures a segmentation
-against a reference (precision, recall, F1 at an IoU threshold, mean matched IoU).
+against a reference (precision, recall, F1 at an IoU threshold, mean matched IoU);
+:func:`match_dataset` pools it over many images.
 
 >>> from hpa_kit.segment import ClassicalSegmenter
 >>> import numpy as np
@@ -41,9 +42,17 @@ from hpa_kit.segment._config import (
     scaled_cut,
     scaled_radius,
 )
+from hpa_kit.segment._folder import segment_folder
 from hpa_kit.segment._label import label_cells, maps_to_labels, upsample_labels
-from hpa_kit.segment._match import Matching, match_labels
-from hpa_kit.segment._segmenter import ClassicalSegmenter, NetworkSegmenter, Segmenter, segment
+from hpa_kit.segment._match import Matching, match_dataset, match_labels
+from hpa_kit.segment._segmenter import (
+    ClassicalSegmenter,
+    DeviceStage,
+    NetworkSegmenter,
+    Segmenter,
+    device_stage,
+    segment,
+)
 from hpa_kit.segment.classical import ClassicalConfig, classical_maps
 from hpa_kit.segment.networks import (
     WEIGHT_FILES,
@@ -55,15 +64,18 @@ __all__ = [
     "WEIGHT_FILES",
     "ClassicalConfig",
     "ClassicalSegmenter",
+    "DeviceStage",
     "Matching",
     "NetworkSegmenter",
     "ScaledSizes",
     "SegConfig",
     "Segmenter",
     "classical_maps",
+    "device_stage",
     "label_cells",
     "load_segmentation_models",
     "maps_to_labels",
+    "match_dataset",
     "match_labels",
     "predict_maps",
     "reduced_shape",
@@ -71,5 +83,6 @@ __all__ = [
     "scaled_cut",
     "scaled_radius",
     "segment",
+    "segment_folder",
     "upsample_labels",
 ]

@@ -11,6 +11,7 @@ from scipy import ndimage as ndi
 from skimage import filters, measure, segmentation
 from skimage.morphology import disk
 
+from hpa_kit._boundary import label_boundaries
 from hpa_kit.segment._config import SegConfig, reduced_shape
 
 __all__ = ["label_cells", "maps_to_labels", "upsample_labels"]
@@ -23,7 +24,7 @@ _EXACT_FLOAT = 2**24  # label ids below this are exact in float32 (OpenCV morpho
 def _components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
     """Connected components of a boolean mask (``connectivity`` 4 or 8) as int32, and their
     count: ``ndi.label``'s components and numbering (1..K in raster order of each component's
-    first pixel; a test checks it on random masks), computed by OpenCV, 2-5x faster.
+    first pixel; a test checks it on random masks), computed by OpenCV, which is faster.
     """
     if mask.size == 0 or mask.ndim != 2:
         structure = _CROSS if connectivity == 4 else _SQUARE
@@ -167,50 +168,26 @@ def _otsu_of_fraction(channel: np.ndarray) -> float:
 
 
 def _interior(labels: np.ndarray, *, cut_background: bool = True) -> np.ndarray:
-    """Pixels whose four neighbours all carry their own label.
+    """Labelled pixels whose neighbours all carry their own label.
 
     The complement of scikit-image's ``find_boundaries(labels, mode="thick")`` on labelled
-    pixels (neighbours outside the image are treated as equal, as its reflect mode does). With
-    ``cut_background=False`` a background neighbour does not count: only contacts between two
-    different labels are cut, diagonal ones included (so that two cells never stay
-    8-connected across a background corner).
+    pixels (neighbours outside the image are treated as equal, as its reflect mode does): the
+    four edge neighbours, background included. With ``cut_background=False`` a background
+    neighbour does not count: only contacts between two different labels are cut, diagonal ones
+    included (so that two cells never stay 8-connected across a background corner). The rule
+    itself lives in :func:`hpa_kit._boundary.label_boundaries` (OpenCV min / max filters).
 
-    A pixel keeps its label when the minimum and the maximum of its neighbourhood (cross, or
-    3 x 3 ignoring the background) both equal it: two OpenCV filters on float32 (exact for ids
-    below 2**24); shifted comparisons in numpy above that. (Tests check both against each
-    other and against scikit-image.)
+    >>> labels = np.array([[1, 1, 0, 0], [1, 1, 0, 2]])
+    >>> _interior(labels).astype(int).tolist()
+    [[1, 0, 0, 0], [1, 0, 0, 0]]
+    >>> _interior(labels, cut_background=False).astype(int).tolist()
+    [[1, 1, 0, 0], [1, 1, 0, 1]]
     """
-    keep = labels > 0
-    if labels.size == 0 or labels.ndim != 2 or labels.max() >= _EXACT_FLOAT:
-        return _interior_shifted(labels, keep, cut_background=cut_background)
-    values = labels.astype(np.float32)
-    kernel = (_CROSS if cut_background else _SQUARE).view(np.uint8)
-    # BORDER_REPLICATE only repeats a pixel's own or in-image neighbours' values
-    high = cv2.dilate(values, kernel, borderType=cv2.BORDER_REPLICATE)
-    if not cut_background:  # background neighbours must not lower the minimum
-        values[~keep] = _EXACT_FLOAT
-    low = cv2.erode(values, kernel, borderType=cv2.BORDER_REPLICATE)
-    keep &= high == values
-    keep &= low == values
-    return keep
-
-
-def _interior_shifted(labels: np.ndarray, keep: np.ndarray, *, cut_background: bool) -> np.ndarray:
-    """:func:`_interior` by shifted comparisons, for any label ids (``keep`` = ``labels > 0``)."""
-    pairs = [
-        (np.s_[1:, :], np.s_[:-1, :]),
-        (np.s_[:, 1:], np.s_[:, :-1]),
-    ]
-    if not cut_background:
-        pairs += [(np.s_[1:, 1:], np.s_[:-1, :-1]), (np.s_[1:, :-1], np.s_[:-1, 1:])]
-    for sa, sb in pairs:
-        a, b = labels[sa], labels[sb]
-        same = a == b
-        if not cut_background:
-            same |= (a == 0) | (b == 0)
-        keep[sa] &= same
-        keep[sb] &= same
-    return keep
+    if cut_background:
+        edge = label_boundaries(labels, connectivity=4, background=True)
+    else:
+        edge = label_boundaries(labels, connectivity=8, background=False)
+    return edge ^ (labels > 0)  # the edge is made of labelled pixels only
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -242,7 +219,7 @@ def _grey_closing(labels: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0 or labels.size == 0:
         return labels.copy()
     footprint = disk(radius).astype(np.uint8)
-    if labels.max() < 2**24:
+    if labels.max() < _EXACT_FLOAT:
         values = labels.astype(np.float32)
         values = cv2.dilate(values, footprint, borderType=cv2.BORDER_REFLECT)
         values = cv2.erode(values, footprint, borderType=cv2.BORDER_REFLECT)

@@ -4,8 +4,14 @@ A plain rendering of REFERENCE.md section 3 (our own code, no hpacellseg import)
 obvious version that :func:`hpa_kit.segment.label_cells` must equal at scale 1.0. It pins our
 faster building blocks (lookup-table thresholds, bincount size filters, OpenCV closing,
 labelling-based hole filling) to scikit-image's in the tests, and it is the speed baseline of
-``benchmarks/bench_segment.py``. Differs from hpacellseg only where label_cells deliberately
-does: int labels throughout (no uint8 wrap of the cell labels).
+``benchmarks/bench_segment.py``, so it must stay unoptimised: the same scikit-image and scipy
+calls, in the same order, with the same parameters as the package's ``label_cell``, step for
+step as REFERENCE.md section 3 lists them (the seed threshold is written ``0.4 - 0.25`` as the
+package computes it). Differs from hpacellseg only where label_cells deliberately does: int
+labels throughout (no uint8 wrap of the cell labels), and scikit-image 0.26's size arguments
+translated back to "strictly smaller than N". The package's no-op steps (the border exclusion
+multiplied by a never-zero ``np.invert`` of an int8 array, the clip of the relief to itself)
+are written as their effect.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ def reference_label_cell(
         # "Only one label was provided to remove_small_objects" on single-cell images
         warnings.simplefilter("ignore", UserWarning)
         not_border = 1 - (nuc[..., 1] + cell[..., 1]).astype(np.uint8) / 255.0 > 0.05
-        seeds = _small_objects((nuc[..., 2] / 255.0) * not_border > 0.15, 500)
+        seeds = _small_objects((nuc[..., 2] / 255.0) * not_border > 0.4 - 0.25, 500)
         mask = _small_objects(_small_holes(nuc[..., 2] / 255.0 > 0.4, 1000), 8)
         nuclei = segmentation.watershed(
             mask.astype(np.uint8), ndi.label(seeds)[0], mask=mask, watershed_line=True

@@ -1,9 +1,18 @@
-"""Segmenter objects: the shells that batch images through a map producer and the labelling."""
+"""Segmenter objects: the shells that batch images through a map producer and the labelling.
+
+A segmenter says itself where its parts run (:meth:`Segmenter.device_stage`): ``None`` when
+the whole of it can run in a worker process (the classical segmenter: plain attributes,
+picklable), or a :class:`DeviceStage` whose ``maps`` must run in the calling process (networks
+on a GPU) and whose ``labels`` (picklable, no network inside) run in the workers. Batch jobs
+(:func:`hpa_kit.predict.predict_folder`, ``hpa-kit segment``) ask :func:`device_stage`.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -15,13 +24,41 @@ from hpa_kit.segment._label import maps_to_labels
 if TYPE_CHECKING:  # pragma: no cover
     from hpa_kit.segment.classical import ClassicalConfig
 
-__all__ = ["ClassicalSegmenter", "NetworkSegmenter", "Segmenter", "segment"]
+__all__ = [
+    "ClassicalSegmenter",
+    "DeviceStage",
+    "NetworkSegmenter",
+    "Segmenter",
+    "device_stage",
+    "segment",
+]
 
 Maps = tuple[np.ndarray, np.ndarray]
+Labels = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class DeviceStage:
+    """How a segmenter splits between the calling process and CPU workers.
+
+    ``maps(images) -> [(nuclei_map, cell_map), ...]`` runs in the calling process (it holds
+    the networks, on their device), at best on ``batch`` images per call;
+    ``labels(nuclei_map, cell_map, shape) -> (nuclei_labels, cell_labels)`` is picklable and
+    runs in worker processes.
+    """
+
+    maps: Callable[[Sequence[np.ndarray]], list[Maps]]
+    labels: Callable[[np.ndarray, np.ndarray, tuple[int, int]], Labels]
+    batch: int = 1
 
 
 class Segmenter(Protocol):
-    """What the predictor needs: ``maps`` (main process / GPU), ``labels`` (CPU workers)."""
+    """What the batch jobs need from a segmenter.
+
+    ``segment(images)``: full-resolution ``(nuclei_labels, cell_labels)`` per image;
+    ``device_stage()``: ``None`` when the whole segmenter may run in a worker process, else
+    the :class:`DeviceStage` that splits it (see the module docstring).
+    """
 
     config: SegConfig
 
@@ -29,9 +66,24 @@ class Segmenter(Protocol):
 
     def labels(
         self, nuclei_maps: np.ndarray, cell_maps: np.ndarray, shape: tuple[int, int]
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+    ) -> Labels: ...
 
-    def segment(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]: ...
+    def segment(self, images: Sequence[np.ndarray]) -> list[Labels]: ...
+
+    def device_stage(self) -> DeviceStage | None: ...
+
+
+def device_stage(segmenter: Any) -> DeviceStage | None:
+    """``segmenter.device_stage()``; ``None`` (all of it in the workers) for a segmenter
+    without that method, such as a user's object that only has ``segment``."""
+    method = getattr(segmenter, "device_stage", None)
+    return None if method is None else method()
+
+
+def _labels_with(
+    config: SegConfig, nuclei_maps: np.ndarray, cell_maps: np.ndarray, shape: tuple[int, int]
+) -> Labels:
+    return maps_to_labels(nuclei_maps, cell_maps, shape=tuple(shape[:2]), config=config)
 
 
 def _config_for(scale: float, config: SegConfig | None, pixel_size: float) -> SegConfig:
@@ -67,6 +119,10 @@ class _Base:
 
     def maps(self, images: Sequence[np.ndarray]) -> list[Maps]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def device_stage(self) -> DeviceStage | None:
+        """``None``: the whole segmenter can run in a worker process."""
+        return None
 
     def segment(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(nuclei_labels, cell_labels)`` at full resolution for each RGBY image, in order."""
@@ -203,6 +259,11 @@ class NetworkSegmenter(_Base):
             two_channel=two_channel,
             pixel_size=pixel_size,
         )
+
+    def device_stage(self) -> DeviceStage:
+        """The networks' maps in the calling process; the labelling (config only) in workers."""
+        labels = functools.partial(_labels_with, self.config)
+        return DeviceStage(maps=self.maps, labels=labels, batch=self.batch_size)
 
     def maps(self, images: Sequence[np.ndarray]) -> list[Maps]:
         from hpa_kit.segment.networks import predict_maps

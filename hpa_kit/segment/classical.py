@@ -34,6 +34,7 @@ from scipy import ndimage as ndi
 from scipy.special import expit
 from skimage import filters, morphology, segmentation
 
+from hpa_kit._boundary import label_boundaries
 from hpa_kit.segment._config import _check_pixel_size, reduced_shape
 
 __all__ = ["ClassicalConfig", "classical_maps"]
@@ -81,14 +82,7 @@ def _touching(labels: np.ndarray) -> np.ndarray:
     array([[0, 1, 1],
            [0, 0, 0]])
     """
-    out = np.zeros(labels.shape, bool)
-    diff = (labels[1:] != labels[:-1]) & (labels[1:] > 0) & (labels[:-1] > 0)
-    out[1:] |= diff
-    out[:-1] |= diff
-    diff = (labels[:, 1:] != labels[:, :-1]) & (labels[:, 1:] > 0) & (labels[:, :-1] > 0)
-    out[:, 1:] |= diff
-    out[:, :-1] |= diff
-    return out
+    return label_boundaries(labels, connectivity=4, background=False)
 
 
 def _label_nuclei(
