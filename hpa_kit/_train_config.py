@@ -282,7 +282,7 @@ class TrainConfig:
     bags_per_batch: int | None = None
     pooling: str = "lse"
     pool_temperature: float = 1.0
-    refine_from: str = "bags"
+    refine_from: str = "image-labels"
     refine_rounds: int = 1
     refine_floor: float = 0.0
     soft_labels: str | None = None
