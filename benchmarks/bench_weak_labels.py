@@ -47,24 +47,24 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "image-labels": {},
+    "image-labels": {"cell_learning": "image-labels"},
     "bags": {"cell_learning": "bags"},
     "pseudo": {"cell_learning": "refined", "refine_from": "image-labels"},
     "bags+pseudo": {"cell_learning": "refined", "refine_from": "bags"},
-    "oracle": {},
+    "oracle": {"cell_learning": "oracle"},
 }
+"""Variant -> the ``DemoConfig`` changes that make it (``hpa-kit demo --cell-learning``)."""
 
 
 def _settings() -> dict[str, Any]:
-    from hpa_kit.demo import DemoConfig
+    from hpa_kit.demo import DemoConfig, preset_config
     from hpa_kit.synth import SynthConfig
 
-    weak = dict(input_size=64, epochs=16)
     harder = SynthConfig(classes_per_image=(0.0, 0.5, 0.5), double_class_fraction=0.0)
     return {
         "demo": DemoConfig(progress=False),
-        "weak-labels": DemoConfig(progress=False, **weak),
-        "harder": DemoConfig(progress=False, synth=harder, **weak),
+        "weak-labels": preset_config("weak-labels", progress=False),
+        "harder": preset_config("weak-labels", progress=False, synth=harder),
     }
 
 
@@ -86,7 +86,7 @@ def _data(folder: Path, config) -> dict[str, Any]:
     """Synthetic sets, crops, folds and oracle labels in ``folder`` (reused when done)."""
     import pandas as pd
 
-    from hpa_kit.demo import write_cell_crops
+    from hpa_kit.crop import write_cell_crops
     from hpa_kit.folds import make_folds
     from hpa_kit.oracle import oracle_labels
     from hpa_kit.segment import ClassicalSegmenter
@@ -142,8 +142,7 @@ def _test_set(folder: Path, config) -> Path:
 
 def _full_label_images(truth_csv: Path) -> list[str]:
     """Test ids whose every true cell carries all of the image's classes."""
-    from hpa_kit.demo import submission_cells
-    from hpa_kit.submission import read_submission
+    from hpa_kit.submission import read_submission, submission_cells
 
     ids = []
     for row in read_submission(truth_csv).itertuples(index=False):
@@ -157,31 +156,14 @@ def _full_label_images(truth_csv: Path) -> list[str]:
 # ---------------------------------------------------------------- one variant
 
 
-def _train_config(folder: Path, out: Path, config, variant: str, extra: dict[str, Any]):
-    from hpa_kit.train import TrainConfig
+def _train_config(folder: Path, out: Path, config, extra: dict[str, Any]):
+    """The demo's training config of ``config`` (``hpa_kit.demo.demo_train_config``) on the
+    crops of ``folder``, writing to ``out``; ``extra`` changes TrainConfig fields."""
+    from hpa_kit.demo import demo_train_config
 
-    csv = "crops_oracle.csv" if variant == "oracle" else "crops.csv"
-    return TrainConfig(
-        train_csv=os.fspath(folder / "crops" / csv),
-        images_dir=os.fspath(folder / "crops" / "images"),
-        out_dir=os.fspath(out),
-        fold=0,
-        n_folds=config.n_folds,
-        arch=config.arch,
-        channels=tuple(config.channels),
-        input_size=config.input_size,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        epochs=config.epochs,
-        loss="bce",
-        amp=False,
-        seed=config.seed,
-        workers=0,
-        device="cpu",
-        monitor="val_loss",
-        progress=False,
-        **{**VARIANTS[variant], **extra},
-    )
+    crops = folder / "crops"
+    paths = {"crops": crops, "crops_oracle": crops / "crops_oracle.csv", "model": out}
+    return demo_train_config(config.replace(progress=False), paths).replace(**extra)
 
 
 def _share_stage0(out: Path, config, stage0_dir: Path | None = None) -> str | None:
@@ -211,24 +193,21 @@ def _score(submission: Path, truth: Path, subset: list[str]) -> tuple[float, flo
 
 def _baselines(test: Path, out: Path, checkpoint: Path, config, subset) -> dict[str, Any]:
     """The demo's two baselines on the cells of ``out/submission{n_test}.csv``."""
-    from hpa_kit.demo import baseline_predictions, submission_cells
-    from hpa_kit.io import CHANNELS, read_image, resize_area
+    from hpa_kit.baselines import cell_mean_baseline, image_baseline, whole_image_probs
     from hpa_kit.model import load_classifier
-    from hpa_kit.predict import classify_crops
     from hpa_kit.submission import read_sample, read_submission, write_submission
 
     model, model_config = load_classifier(checkpoint, device="cpu")
+    submission = read_submission(out / f"submission{config.n_test}.csv")
+    image_probs = whole_image_probs(
+        test / "images", list(submission["ID"]), model, model_config, tta=config.tta
+    )
     sample = read_sample(test / "sample_submission.csv")
-    whole, cell_mean = {}, {}
-    for row in read_submission(out / f"submission{config.n_test}.csv").itertuples(index=False):
-        image = read_image(test / "images", row.ID, channels=CHANNELS)
-        small = resize_area(image, model_config.input_size)[None]
-        image_probs = classify_crops(small, model, model_config, tta=config.tta, amp=False)[0]
-        _, probs = submission_cells(row.PredictionString)
-        whole[row.ID] = baseline_predictions(row.PredictionString, image_probs)
-        cell_mean[row.ID] = baseline_predictions(row.PredictionString, probs.mean(axis=0))
     scores = {}
-    for name, rows in (("baseline", whole), ("baseline_cell_mean", cell_mean)):
+    for name, rows in (
+        ("baseline", image_baseline(submission, image_probs)),
+        ("baseline_cell_mean", cell_mean_baseline(submission)),
+    ):
         path = out / f"{name}{config.n_test}.csv"
         write_submission(path, rows, sample)
         scores[name] = _score(path, test / "truth.csv", subset)
@@ -249,7 +228,7 @@ def _variant(
     from hpa_kit.segment import ClassicalSegmenter
     from hpa_kit.train import fit
 
-    train_config = _train_config(folder, out / "model", config, variant, extra)
+    train_config = _train_config(folder, out / "model", config, extra)
     record = out / "model" / "train_config.json"
     paths = {"train_csv", "images_dir", "out_dir"}  # the data key already matched
 
@@ -270,7 +249,14 @@ def _variant(
     train_s, train_cpu = time.perf_counter() - start, time.process_time() - cpu
     test = _test_set(folder, config)
     start, cpu = time.perf_counter(), time.process_time()
-    options = PredictOptions(tta=config.tta, num_workers=0, device="cpu", amp=False, progress=False)
+    options = PredictOptions(
+        tta=config.tta,
+        num_workers=0,
+        device="cpu",
+        amp=False,
+        threads=config.torch_threads,
+        progress=False,
+    )
     name = f"submission{config.n_test}.csv"
     predict_folder(
         test / "images",
@@ -316,14 +302,14 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    config0 = _settings()[args.setting].replace(**_parse_sets(args.set))
+    settings = _settings()[args.setting].replace(**_parse_sets(args.set))
     extra = _parse_sets(args.train)
     tag = args.tag or args.setting
     for seed in args.seeds:
-        config = config0.replace(seed=seed)
-        data_dir = args.out / "data" / _data_key(config)
-        data = _data(data_dir, config)
+        data_dir = args.out / "data" / _data_key(settings.replace(seed=seed))
+        data = _data(data_dir, settings.replace(seed=seed))
         for variant in args.variants:
+            config = settings.replace(seed=seed, **VARIANTS[variant])
             out = args.out / tag / f"seed{seed}" / variant
             stage0_dir = args.out / args.stage0_tag / f"seed{seed}" if args.stage0_tag else None
             row = _variant(
