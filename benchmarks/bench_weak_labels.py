@@ -230,13 +230,16 @@ def _variant(
 
     train_config = _train_config(folder, out / "model", config, extra)
     record = out / "model" / "train_config.json"
-    paths = {"train_csv", "images_dir", "out_dir"}  # the data key already matched
 
     def same(saved: dict[str, Any]) -> bool:
-        current = train_config.to_dict()
-        return {k: v for k, v in saved.items() if k not in paths} == {
-            k: v for k, v in current.items() if k not in paths
-        }
+        """Trained with the same settings: the data key already matched (paths are free),
+        fields the mode does not use are free, fields added later take their defaults."""
+        from hpa_kit.train import TrainConfig
+
+        free = {"train_csv", "images_dir", "out_dir", "progress"} | train_config.unused_fields()
+        before = TrainConfig.from_dict(saved).to_dict()
+        now = train_config.to_dict()
+        return all(before[k] == now[k] for k in now if k not in free)
 
     reused = reuse and record.is_file() and same(json.loads(record.read_text()))
     reused = reused and (out / "model" / "best" / "model.pt").is_file()

@@ -540,3 +540,35 @@ def test_oracle_labels_on_synthetic_crops(tmp_path):
     ]
     assert changed and all("|" in given[crop] for crop in changed)
     assert counts["changed"] == len(changed)
+
+
+def test_train_notebook_runs_a_refined_crop_run(planted, tmp_path):
+    """The notebook's CELL_LEARNING / REFINE_ROUNDS switches reach fit(): stage folders, soft
+    labels, the per-epoch table with its stage column."""
+    import sys
+
+    from nbrun import make_kernelspec, outputs_text, run_notebook
+
+    root, _ = planted
+    settings = {
+        "HPA_INPUT": str(tmp_path / "no-input"),
+        "HPA_TRAIN_CSV": str(root / "train.csv"),
+        "HPA_IMAGES": str(root / "images"),
+        "HPA_OUT": str(tmp_path / "run"),
+        "HPA_ARCH": "test_resnet",
+        "HPA_PRETRAINED": "0",
+        "HPA_INPUT_SIZE": str(SIZE),
+        "HPA_EPOCHS": "1",
+        "HPA_N_FOLDS": "4",
+        "HPA_BATCH_SIZE": "16",
+        "HPA_WORKERS": "0",
+        "HPA_LIMIT_TRAIN": "6",
+        "HPA_CELL_LEARNING": "refined",
+        "HPA_REFINE_ROUNDS": "2",
+    }
+    jupyter = make_kernelspec(tmp_path / "jupyter", sys.executable)
+    nb = run_notebook("hpa-train", settings, jupyter, tmp_path)
+    run = tmp_path / "run"
+    assert (run / "round2" / "soft_labels.csv").is_file() and (run / "best" / "model.pt").is_file()
+    text = outputs_text(nb)
+    assert "round2" in text and "cell_learning='refined'" in text
