@@ -309,7 +309,7 @@ def run(args: argparse.Namespace) -> None:
     extra = _parse_sets(args.train)
     tag = args.tag or args.setting
     for seed in args.seeds:
-        data_dir = args.out / "data" / _data_key(settings.replace(seed=seed))
+        data_dir = (args.out / "data" / _data_key(settings.replace(seed=seed))).resolve()
         data = _data(data_dir, settings.replace(seed=seed))
         for variant in args.variants:
             config = settings.replace(seed=seed, **VARIANTS[variant])
@@ -350,6 +350,75 @@ def run(args: argparse.Namespace) -> None:
                 ),
                 flush=True,
             )
+
+
+def soft(args: argparse.Namespace) -> None:
+    """How good are soft labels, against the oracle? For each seed's ``--variant`` model:
+    over the (crop, class) pairs inside each image's labels (the only ones refinement can
+    change), the mean absolute error against the oracle labels and the mean over classes of
+    the average precision with which the labels rank the truly present pairs first."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from sklearn.metrics import average_precision_score
+
+    from hpa_kit.dataset import bag_groups
+    from hpa_kit.labels import parse_labels
+    from hpa_kit.pseudo import refine_labels, row_probabilities
+
+    torch.set_num_threads(1)
+    settings = _settings()[args.setting].replace(**_parse_sets(args.set))
+    for seed in args.seeds:
+        config = settings.replace(seed=seed)
+        data = (args.out / "data" / _data_key(config)).resolve() / "crops"
+        crops = pd.read_csv(data / "crops.csv", dtype={"ID": str, "Label": str})
+        oracle = pd.read_csv(data / "crops_oracle.csv", dtype={"ID": str, "Label": str})
+        model = args.out / (args.tag or args.setting) / f"seed{seed}" / args.variant / "model"
+        train_config = _train_config(data.parent, model, config, {})
+        probs = row_probabilities(model / "best", train_config, crops, device="cpu")
+        bags = np.zeros(len(crops), dtype=np.int64)
+        for b, rows in enumerate(bag_groups(crops["image"].tolist())):
+            bags[rows] = b
+        given = np.stack([parse_labels(t) for t in crops["Label"]])
+        truth = np.stack([parse_labels(t) for t in oracle["Label"]])
+        images = np.zeros((bags.max() + 1, given.shape[1]), np.float32)
+        np.maximum.at(images, bags, given)
+        inside = images[bags] > 0
+        peak = _peak(probs, bags)
+        ratio = np.divide(probs, peak, out=np.ones_like(probs), where=peak > 0)
+        rules = {
+            "image labels": given,
+            "probabilities inside the labels": probs * inside,
+            "per class over the image (step 2)": np.clip(ratio, 0, 1) * inside,
+            "+ per cell over the classes (the rule)": refine_labels(probs, images, bags),
+            "the rule, floor 0.2": refine_labels(probs, images, bags, floor=0.2),
+        }
+        for name, labels in rules.items():
+            aps = [
+                average_precision_score(truth[inside[:, c], c], labels[inside[:, c], c])
+                for c in range(truth.shape[1])
+                if inside[:, c].any() and 0 < truth[inside[:, c], c].sum() < inside[:, c].sum()
+            ]
+            error = float(np.abs(labels - truth)[inside].mean())
+            print(
+                json.dumps(
+                    {
+                        "seed": seed,
+                        "labels": name,
+                        "mean_abs_error": round(error, 3),
+                        "mean_ap": round(float(np.mean(aps)), 3),
+                    }
+                ),
+                flush=True,
+            )
+
+
+def _peak(probs, bags):
+    import numpy as np
+
+    peak = np.zeros((bags.max() + 1, probs.shape[1]))
+    np.maximum.at(peak, bags, probs)
+    return peak[bags]
 
 
 def table(args: argparse.Namespace) -> None:
@@ -404,10 +473,21 @@ def main() -> None:
     )
     table_parser = sub.add_parser("table")
     table_parser.add_argument("--out", type=Path, required=True)
+    soft_parser = sub.add_parser("soft", help="quality of the soft labels against the oracle")
+    soft_parser.add_argument("--out", type=Path, required=True)
+    soft_parser.add_argument(
+        "--setting", choices=("demo", "weak-labels", "harder"), default="weak-labels"
+    )
+    soft_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    soft_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    soft_parser.add_argument("--tag", default=None)
+    soft_parser.add_argument("--variant", default="image-labels", choices=list(VARIANTS))
     args = parser.parse_args()
     if args.what == "run":
         args.out.mkdir(parents=True, exist_ok=True)
         run(args)
+    elif args.what == "soft":
+        soft(args)
     else:
         table(args)
 
