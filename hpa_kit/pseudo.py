@@ -74,6 +74,8 @@ __all__ = [
     "read_soft_labels",
     "refine_labels",
     "row_probabilities",
+    "soft_labels_of",
+    "stage_configs",
     "write_soft_labels",
 ]
 
