@@ -214,6 +214,47 @@ def _baselines(test: Path, out: Path, checkpoint: Path, config, subset) -> dict[
     return scores
 
 
+def _trained_before(out: Path, train_config) -> bool:
+    """``out/model`` holds a finished run of the same settings: the data key already
+    matched (paths are free), fields the mode does not use are free, fields added to
+    TrainConfig since take their defaults."""
+    from hpa_kit.train import TrainConfig
+
+    record = out / "model" / "train_config.json"
+    if not record.is_file() or not (out / "model" / "best" / "model.pt").is_file():
+        return False
+    free = {"train_csv", "images_dir", "out_dir", "progress"} | train_config.unused_fields()
+    before = TrainConfig.from_dict(json.loads(record.read_text())).to_dict()
+    now = train_config.to_dict()
+    return all(before[k] == now[k] for k in now if k not in free)
+
+
+def _predict(test: Path, out: Path, config) -> tuple[Path, float, float]:
+    """``out/submission{n_test}.csv`` of the variant's best model, wall and CPU seconds."""
+    from hpa_kit.predict import PredictOptions, predict_folder
+    from hpa_kit.segment import ClassicalSegmenter
+
+    start, cpu = time.perf_counter(), time.process_time()
+    options = PredictOptions(
+        tta=config.tta,
+        num_workers=0,
+        device="cpu",
+        amp=False,
+        threads=config.torch_threads,
+        progress=False,
+    )
+    path = out / f"submission{config.n_test}.csv"
+    predict_folder(
+        test / "images",
+        test / "sample_submission.csv",
+        [out / "model" / "best"],
+        out=path,
+        segmenter=ClassicalSegmenter(config.seg_scale, pixel_size=config.pixel_size),
+        options=options,
+    )
+    return path, time.perf_counter() - start, time.process_time() - cpu
+
+
 def _variant(
     folder: Path,
     out: Path,
@@ -224,25 +265,11 @@ def _variant(
     reuse: bool,
     stage0_dir: Path | None = None,
 ) -> dict[str, Any]:
-    from hpa_kit.predict import PredictOptions, predict_folder
-    from hpa_kit.segment import ClassicalSegmenter
+    """Train (or reuse) one variant, predict the test set, score; the result row."""
     from hpa_kit.train import fit
 
     train_config = _train_config(folder, out / "model", config, extra)
-    record = out / "model" / "train_config.json"
-
-    def same(saved: dict[str, Any]) -> bool:
-        """Trained with the same settings: the data key already matched (paths are free),
-        fields the mode does not use are free, fields added later take their defaults."""
-        from hpa_kit.train import TrainConfig
-
-        free = {"train_csv", "images_dir", "out_dir", "progress"} | train_config.unused_fields()
-        before = TrainConfig.from_dict(saved).to_dict()
-        now = train_config.to_dict()
-        return all(before[k] == now[k] for k in now if k not in free)
-
-    reused = reuse and record.is_file() and same(json.loads(record.read_text()))
-    reused = reused and (out / "model" / "best" / "model.pt").is_file()
+    reused = reuse and _trained_before(out, train_config)
     if not reused and out.exists():
         shutil.rmtree(out)
     shared = None if reused else _share_stage0(out, train_config, stage0_dir)
@@ -251,34 +278,16 @@ def _variant(
         fit(train_config.replace(resume=shared is not None))
     train_s, train_cpu = time.perf_counter() - start, time.process_time() - cpu
     test = _test_set(folder, config)
-    start, cpu = time.perf_counter(), time.process_time()
-    options = PredictOptions(
-        tta=config.tta,
-        num_workers=0,
-        device="cpu",
-        amp=False,
-        threads=config.torch_threads,
-        progress=False,
-    )
-    name = f"submission{config.n_test}.csv"
-    predict_folder(
-        test / "images",
-        test / "sample_submission.csv",
-        [out / "model" / "best"],
-        out=out / name,
-        segmenter=ClassicalSegmenter(config.seg_scale, pixel_size=config.pixel_size),
-        options=options,
-    )
-    predict_s, predict_cpu = time.perf_counter() - start, time.process_time() - cpu
+    submission, predict_s, predict_cpu = _predict(test, out, config)
     subset = _full_label_images(test / "truth.csv")
-    full, part = _score(out / name, test / "truth.csv", subset)
-    epochs = [json.loads(line) for line in (out / "model" / "log.jsonl").read_text().splitlines()]
+    full, part = _score(submission, test / "truth.csv", subset)
+    log = (out / "model" / "log.jsonl").read_text().splitlines()
     row = {
         "map": full,
         "map_full_label_images": part,
         "full_label_images": len(subset),
         "n_test": config.n_test,
-        "epochs": len(epochs),
+        "epochs": len(log),
         "reused_model": reused,
         "stage0_from": shared,
         "seconds": {"train": None if reused else round(train_s, 1), "predict": round(predict_s, 1)},
