@@ -436,28 +436,55 @@ def _peak(probs, bags):
 
 
 def table(args: argparse.Namespace) -> None:
+    """Markdown tables per tag: mAP per seed and variant (the last row of each), the
+    baselines, the share of the oracle's gap over image-labels each method recovers, and the
+    mAP on the test images whose cells all carry their image's labels."""
     rows = [json.loads(line) for line in (args.out / "results.jsonl").read_text().splitlines()]
     for tag in dict.fromkeys(r["tag"] for r in rows):
-        mine = [r for r in rows if r["tag"] == tag]
-        seeds = sorted({r["seed"] for r in mine})
+        last = {(r["seed"], r["variant"]): r for r in rows if r["tag"] == tag}
+        seeds = sorted({seed for seed, _ in last})
+        variants = [v for v in VARIANTS if any((s, v) in last for s in seeds)]
         print(f"\n### {tag}\n")
-        print("| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | train s | subset mAP |")
-        print("|---" * (len(seeds) + 3) + "|")
-        last = {(r["seed"], r["variant"]): r for r in mine}
-        for variant in dict.fromkeys(r["variant"] for r in mine):
-            cells = [last.get((s, variant)) for s in seeds]
-            maps = " | ".join(f"{c['map']:.4f}" if c else "-" for c in cells)
-            train = "/".join(f"{c['seconds']['train']:.0f}" for c in cells if c)
-            part = "/".join(
-                f"{c['map_full_label_images']:.3f}"
-                for c in cells
-                if c and c["map_full_label_images"] is not None
-            )
-            print(f"| {variant} | {maps} | {train} | {part} |")
+        head = " | ".join(f"seed {s}" for s in seeds)
+        print(f"| per-cell mAP | {head} | mean |\n|---" + "|---" * (len(seeds) + 1) + "|")
+        for variant in variants:
+            _table_row(variant, [last.get((s, variant)) for s in seeds], lambda r: r["map"])
         for name in ("baseline", "baseline_cell_mean"):
             cells = [last.get((s, "image-labels")) for s in seeds]
-            maps = " | ".join(f"{c['baselines'][name][0]:.4f}" if c else "-" for c in cells)
-            print(f"| {name} (image-labels model) | {maps} | | |")
+            _table_row(
+                f"{name} (image-labels model)", cells, lambda r, n=name: r["baselines"][n][0]
+            )
+        print(
+            f"\n| share of the oracle's gap recovered | {head} |\n|---" + "|---" * len(seeds) + "|"
+        )
+        for variant in variants:
+            if variant in ("image-labels", "oracle"):
+                continue
+            shares = []
+            for s in seeds:
+                got = [last.get((s, v)) for v in (variant, "image-labels", "oracle")]
+                gap = got[2]["map"] - got[1]["map"] if got[1] and got[2] else None
+                shares.append(
+                    f"{(got[0]['map'] - got[1]['map']) / gap:+.2f}" if got[0] and gap else "-"
+                )
+            print(f"| {variant} | " + " | ".join(shares) + " |")
+        print(f"\n| mAP, images whose cells all carry the image's labels | {head} |")
+        print("|---" + "|---" * len(seeds) + "|")
+        for variant in variants:
+            _table_row(
+                variant,
+                [last.get((s, variant)) for s in seeds],
+                lambda r: r["map_full_label_images"],
+                mean=False,
+            )
+
+
+def _table_row(name: str, cells: list, value, *, mean: bool = True) -> None:
+    values = [value(c) if c else None for c in cells]
+    text = " | ".join(f"{v:.4f}" if v is not None else "-" for v in values)
+    known = [v for v in values if v is not None]
+    tail = f" | {sum(known) / len(known):.4f}" if mean and known else ""
+    print(f"| {name} | {text}{tail} |")
 
 
 def main() -> None:
