@@ -90,6 +90,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpa_kit.errors import RunError, UsageError
 from hpa_kit.io import CHANNELS, check_channels
+from hpa_kit.outputs import atomic_path, atomic_write_text
 from hpa_kit.segment import ClassicalSegmenter
 from hpa_kit.synth import SynthConfig, SynthDataset
 
@@ -403,7 +404,9 @@ def _prepare_out(out: Path) -> None:
             elif path.exists():
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by hpa-kit demo; rerunning the demo replaces its outputs\n")
+    atomic_write_text(
+        out / MARKER, "written by hpa-kit demo; rerunning the demo replaces its outputs\n"
+    )
 
 
 def run_demo(
@@ -461,7 +464,7 @@ def _run_demo(out: Path, config: DemoConfig, log: Callable[[str], object]) -> De
     )
     run.seconds["total"] = round(time.perf_counter() - started, 2)
     summary = _summary(run, outcome)
-    run.paths["summary"].write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(run.paths["summary"], json.dumps(summary, indent=2, default=str) + "\n")
     return DemoResult(out=out, summary=summary, paths=run.paths)
 
 
@@ -507,7 +510,8 @@ def _crops_stage(run: _Run, train_set: SynthDataset) -> int:
         progress=config.progress,
     )
     run.record("crops", failures)
-    crops.to_csv(paths["crops"] / "crops.csv", index=False)
+    with atomic_path(paths["crops"] / "crops.csv") as temp:
+        crops.to_csv(temp, index=False)
     if crops.empty or crops["fold"].nunique() < 2:
         raise RunError(
             f"too few training crops ({len(crops)}) for a train/validation split; "
@@ -524,7 +528,8 @@ def _oracle_labels(run: _Run, crops: pd.DataFrame) -> None:
     from hpa_kit.oracle import oracle_labels
 
     labels, counts = oracle_labels(crops, run.paths["train"], segmenter=run.segmenter)
-    crops.assign(Label=labels).to_csv(run.paths["crops_oracle"], index=False)
+    with atomic_path(run.paths["crops_oracle"]) as temp:
+        crops.assign(Label=labels).to_csv(temp, index=False)
     run.details["oracle"] = counts
 
 

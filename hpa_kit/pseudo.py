@@ -50,7 +50,6 @@ format: a refined model is a per-cell classifier like any other).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +58,7 @@ import numpy as np
 
 from hpa_kit.errors import UsageError
 from hpa_kit.labels import NEGATIVE, NUM_CLASSES
+from hpa_kit.outputs import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -142,10 +142,8 @@ def write_soft_labels(path: str | Path, table: pd.DataFrame, soft: np.ndarray) -
     out = table.drop(columns=[c for c in ("fold",) if c in table.columns]).reset_index(drop=True)
     for c, column in enumerate(class_columns()):
         out[column] = np.round(soft[:, c].astype(np.float64), 6)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    out.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as temp:
+        out.to_csv(temp, index=False)
     return path
 
 
@@ -272,13 +270,13 @@ def fit_refined(config: TrainConfig, dist_info: Dist) -> TrainResult:
     where it stopped (a finished stage is not trained again; soft labels already written
     are reused).
     """
-    from hpa_kit.train import TrainResult, _fit, _write_log
+    from hpa_kit.train import TrainResult, _fit, _write_config, _write_log
 
     out = Path(config.out_dir)
     _check_refined(config)
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        _write_config(out, config)
     budget, ran = config.stop_after_epochs, 0
     history: list[dict[str, Any]] = []
     result: TrainResult | None = None
@@ -341,8 +339,6 @@ def _copy_checkpoint(source: Path, target: Path) -> None:
     """``model.pt`` and ``config.json`` of ``source`` into ``target`` (no training state)."""
     from hpa_kit.model import CONFIG_FILE, WEIGHTS_FILE
 
-    target.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
-        tmp = target / (name + ".tmp")
-        shutil.copyfile(source / name, tmp)
-        tmp.replace(target / name)
+        with atomic_path(target / name) as temp:
+            shutil.copyfile(source / name, temp)

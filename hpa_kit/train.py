@@ -84,6 +84,7 @@ from hpa_kit.labels import NUM_CLASSES
 from hpa_kit.losses import FocalLoss, focal_loss, per_class
 from hpa_kit.mil import pool
 from hpa_kit.model import ClassifierConfig, build_classifier, save_checkpoint
+from hpa_kit.outputs import atomic_path, atomic_write_text
 
 __all__ = [
     "MONITORS",
@@ -610,9 +611,8 @@ class _Run:
             "history": list(self.history),
             "train_config": self.config.to_dict(),
         }
-        tmp = last / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(last / STATE_FILE)
+        with atomic_path(last / STATE_FILE) as temp, open(temp, "wb") as handle:
+            torch.save(state, handle)
 
 
 def _load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
@@ -676,9 +676,11 @@ def _check_bags(config: TrainConfig, train_df, val_df) -> None:
 
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+
+def _write_config(out_dir: Path, config: TrainConfig) -> None:
+    atomic_write_text(out_dir / CONFIG_RECORD, json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def _read_failure(exc: SampleReadError, epoch: int, run: _Run) -> RunError:
@@ -722,9 +724,17 @@ def fit(config: TrainConfig) -> TrainResult:
 
 
 def _check_out_dir(config: TrainConfig) -> None:
+    """Before any work: ``out_dir`` is (or can become) a folder this process can write in,
+    and holds no run unless resuming."""
+    from hpa_kit.outputs import check_writable_folder
+
     out_dir = Path(config.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"out_dir {out_dir} exists and is not a folder")
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"out_dir {out_dir}: {existing} is not a folder")
+    check_writable_folder(existing, what="out_dir")
     if not config.resume and (out_dir / "last").exists():
         raise UsageError(
             f"{out_dir} already holds a training run (last/): pass --resume (resume: true) to "
@@ -741,7 +751,7 @@ def _fit(config: TrainConfig, dist_info: Dist) -> TrainResult:
         print(f"hpa-kit train: nothing to resume in {out_dir}; starting from epoch 0")
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / CONFIG_RECORD).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        _write_config(out_dir, config)
         _write_log(out_dir / LOG_FILE, run.history)
     dist_info.barrier()
     epochs_this_call = 0

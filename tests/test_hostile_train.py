@@ -119,6 +119,23 @@ def test_out_dir_that_is_a_file_is_refused(data, capsys):
     assert (data / "taken").read_text() == "mine"
 
 
+def test_out_dir_that_cannot_be_written_is_refused_before_training(data, capsys):
+    (data / "file").write_text("mine")
+    code, err = _train(capsys, "--config", str(_config_file(data, data / "file" / "run")))
+    assert code == 2 and "is not a folder" in _one_line(err)
+    # /proc refuses new files even for root (permission bits would not)
+    code, err = _train(capsys, "--config", str(_config_file(data, Path("/proc/hpa-kit-run"))))
+    line = _one_line(err)
+    assert code == 2 and "cannot write in the folder of out_dir: /proc" in line
+
+
+def test_a_run_leaves_no_temporary_files(stopped_run):
+    _, out = stopped_run
+    names = [p.name for p in out.rglob("*")]
+    assert "train_state.pt" in names and "log.jsonl" in names
+    assert not [n for n in names if "tmp" in n], names
+
+
 def test_missing_and_empty_image_files_are_named_before_training(data, capsys):
     (data / "images" / "id3_green.png").unlink()
     (data / "images" / "id5_red.png").write_bytes(b"")
