@@ -31,9 +31,14 @@ is reused by later runs). ``table`` prints the Markdown tables of BENCHMARKS.md 
 Settings (``--setting``): ``demo`` (the default demo), ``weak-labels`` (the demo's
 ``--preset weak-labels``) and ``harder`` (the preset's training on data where image labels
 mislead more: 6 classes instead of 8, every image 2 or 3 of them, no cell with two, so a
-crop's image labels name about 1.6 classes it does not show, against about 1.1 by default). ``--set key=value`` changes a ``DemoConfig``
-field (``--set epochs=12``), ``--train key=value`` a ``TrainConfig`` field of every variant
-(``--train pooling=max``).
+crop's image labels name about 1.6 classes it does not show, against about 1.1 by default).
+``--set key=value`` changes a ``DemoConfig`` field (``--set epochs=12``, ``--set
+pooling=max``), ``--train key=value`` a ``TrainConfig`` field of every variant.
+
+``soft`` scores the soft labels a variant's model gives its own training crops against the
+oracle labels (mean AP and mean absolute error over the (crop, class) pairs inside each
+image's labels), for the image labels, the model's probabilities and each step of
+:func:`hpa_kit.pseudo.refine_labels`.
 """
 
 from __future__ import annotations

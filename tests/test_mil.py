@@ -336,6 +336,11 @@ def _cfg(root: Path, out: Path, **changes) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def _strip(rows: list[dict]) -> list[dict]:
+    """Log rows without their timing."""
+    return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
+
+
 def _cell_error(config: TrainConfig, checkpoint: Path, truth: dict[str, int]) -> float:
     """Mean |p - cell truth| over the validation crops and the 3 planted classes."""
     _, val = split_fold(config)
@@ -394,8 +399,7 @@ def test_bag_run_interrupted_and_resumed_reproduces_the_run(planted, planted_run
     assert not first.finished and first.epochs_done == 4
     second = fit(_cfg(root, out, cell_learning="bags", pooling="max", resume=True))
     assert second.finished and second.epochs_done == 8
-    strip = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in second.history]
-    assert strip == [{k: v for k, v in r.items() if k != "elapsed_s"} for r in full.history]
+    assert _strip(second.history) == _strip(full.history)
     a = torch.load(out / "last" / "model.pt", weights_only=True)
     b = torch.load(Path(full.out_dir) / "last" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -467,8 +471,7 @@ def test_refined_run_resumes_across_stages(planted, tmp_path):
     second = fit(config.replace(resume=True))
     assert second.finished and second.epochs_done == 6 and second.epochs_this_call == 2
     full = fit(config.replace(out_dir=str(tmp_path / "full")))
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
-    assert strip(second.history) == strip(full.history)
+    assert _strip(second.history) == _strip(full.history)
     shutil.rmtree(tmp_path / "full")
 
 
