@@ -575,3 +575,17 @@ def test_train_notebook_runs_a_refined_crop_run(planted, tmp_path):
     assert (run / "round2" / "soft_labels.csv").is_file() and (run / "best" / "model.pt").is_file()
     text = outputs_text(nb)
     assert "round2" in text and "cell_learning='refined'" in text
+
+
+def test_init_from_starts_from_a_checkpoint(planted, planted_runs, tmp_path):
+    root, _ = planted
+    _, il_result, _ = planted_runs["image-labels"]
+    start = torch.load(il_result.best_dir / "model.pt", weights_only=True)
+    result = fit(_cfg(root, tmp_path / "ft", epochs=1, lr=1e-9, init_from=str(il_result.best_dir)))
+    after = torch.load(result.last_dir / "model.pt", weights_only=True)
+    weights = [k for k in start if start[k].is_floating_point() and "running" not in k]
+    assert all(torch.allclose(start[k], after[k], atol=1e-6) for k in weights)
+    with pytest.raises(UsageError, match="no model.pt"):
+        fit(_cfg(root, tmp_path / "a", init_from=str(tmp_path / "nowhere")))
+    with pytest.raises(UsageError, match="does not fit"):
+        fit(_cfg(root, tmp_path / "b", arch="resnet18", init_from=str(il_result.best_dir)))
