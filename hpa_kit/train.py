@@ -1,4 +1,4 @@
-"""Train one fold of an image-level classifier: ``fit(TrainConfig(...)) -> TrainResult``.
+"""Train one fold of a classifier: ``fit(TrainConfig(...)) -> TrainResult``.
 
 The recipe is the seed solution's (REFERENCE.md section 2): a timm model
 (:func:`hpa_kit.model.build_classifier`), AdamW, a cosine learning-rate schedule stepped per
@@ -28,6 +28,16 @@ is seeded from ``(seed, epoch, index)`` (:class:`hpa_kit.dataset.SeededSampler`)
 therefore depends only on the weights and optimizer state it starts from, which ``last/``
 stores: ``resume=True`` continues after the last finished epoch and reproduces the
 uninterrupted run's metrics (bit-exact on the CPU; on CUDA up to non-deterministic kernels).
+
+Cell learning (``config.cell_learning``), when the rows are cell crops of images (a
+``bag_column``, ``image`` by default, names each crop's image): ``image-labels`` trains each
+row on its ``Label``; ``bags`` makes each image's crops one sample (:class:`BagDataset`,
+``bags_per_batch`` whole bags per batch, stacked without padding) whose per-crop logits are
+pooled per class (:func:`hpa_kit.mil.pool`, ``pooling``) into the image's logits for the loss,
+and validates per image; ``refined`` runs ``refine_from`` and then ``refine_rounds`` rounds
+of crop training on soft labels (:func:`hpa_kit.pseudo.fit_refined`). Every mode saves the
+same per-crop classifier. ``soft_labels`` (a CSV of per-row targets) replaces ``Label``;
+``init_from`` starts from a checkpoint's weights.
 
 Many GPUs: launch with ``torchrun --nproc_per_node N -m hpa_kit.cli train --config FILE``.
 With ``WORLD_SIZE > 1`` each process joins the group (NCCL on CUDA, gloo on the CPU), wraps
