@@ -31,9 +31,9 @@ uninterrupted run's metrics (bit-exact on the CPU; on CUDA up to non-determinist
 
 Cell learning (``config.cell_learning``), when the rows are cell crops of images (a
 ``bag_column``, ``image`` by default, names each crop's image): ``image-labels`` trains each
-row on its ``Label``; ``bags`` makes each image's crops one sample (:class:`hpa_kit.dataset.BagDataset`,
-``bags_per_batch`` whole bags per batch, stacked without padding) whose per-crop logits are
-pooled per class (:func:`hpa_kit.mil.pool`, ``pooling``) into the image's logits for the loss,
+row on its ``Label``; ``bags`` makes each image's crops one sample
+(:class:`hpa_kit.dataset.BagDataset`, ``bags_per_batch`` whole bags per batch, stacked
+without padding) whose per-crop logits are pooled per class (:func:`hpa_kit.mil.pool`, ``pooling``) into the image's logits for the loss,
 and validates per image; ``refined`` runs ``refine_from`` and then ``refine_rounds`` rounds
 of crop training on soft labels (:func:`hpa_kit.pseudo.fit_refined`). Every mode saves the
 same per-crop classifier. ``soft_labels`` (a CSV of per-row targets) replaces ``Label``;
