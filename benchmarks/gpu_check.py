@@ -247,12 +247,12 @@ class Results:
         return self.data["summary"]
 
     def write(self) -> None:
+        """The results so far to ``json_path`` (atomically: a reader never sees half a file)."""
         if self.json_path is None:
             return
-        self.json_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.json_path.with_name(self.json_path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
-        tmp.replace(self.json_path)
+        from hpa_kit.outputs import atomic_write_text
+
+        atomic_write_text(self.json_path, json.dumps(self.data, indent=2, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -311,6 +311,22 @@ def _require(module: str, why: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise Skip(f"missing package {module} ({why}); carry its wheel (see the report)")
+
+
+def _write_synth(folder: Path, *, n: int, size: int, seed: int, cells: tuple[int, int]):
+    """A synthetic dataset in ``folder`` (``write_dataset``, ids ``{folder.name}_00000``...)."""
+    _require("pycocotools", "write_dataset encodes the truth masks")
+    from hpa_kit.synth import SynthConfig, write_dataset
+
+    return write_dataset(
+        folder,
+        n=n,
+        size=size,
+        seed=seed,
+        config=SynthConfig(cells=cells),
+        id_prefix=folder.name,
+        progress=False,
+    )
 
 
 def _compare_probs(a, b) -> dict[str, float]:
@@ -861,19 +877,10 @@ def section_train(
     on_cuda = device.startswith("cuda")
 
     def data():
-        _require("pycocotools", "write_dataset encodes the truth masks")
         import pandas as pd
 
-        from hpa_kit.synth import SynthConfig, write_dataset
-
-        synth = write_dataset(
-            work / "train",
-            n=sizes.train_images,
-            size=sizes.train_image_size,
-            seed=3,
-            config=SynthConfig(cells=(6, 12)),
-            id_prefix="train",
-            progress=False,
+        synth = _write_synth(
+            work / "train", n=sizes.train_images, size=sizes.train_image_size, seed=3, cells=(6, 12)
         )
         table = pd.read_csv(synth.train_csv, dtype={"ID": str})
         table["fold"] = [k % 4 for k in range(len(table))]  # no iterative-stratification needed
@@ -1010,17 +1017,12 @@ def section_predict(
     device = args.device
 
     def data():
-        _require("pycocotools", "write_dataset encodes the truth masks")
-        from hpa_kit.synth import SynthConfig, write_dataset
-
-        synth = write_dataset(
+        synth = _write_synth(
             work / "test",
             n=sizes.predict_images,
             size=sizes.predict_image_size,
             seed=4,
-            config=SynthConfig(cells=(10, 25)),
-            id_prefix="test",
-            progress=False,
+            cells=(10, 25),
         )
         state["test"] = synth
         ok = len(synth.ids) == sizes.predict_images and not synth.failures

@@ -19,10 +19,13 @@ failed:
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hpa_kit.outputs import atomic_write_text
 
 __all__ = ["BatchReport", "allowed_failures"]
 
@@ -123,14 +126,13 @@ class BatchReport:
         return "\n".join(lines)
 
     def write_failures(self, path: str | Path) -> Path:
-        """Write the failures as a CSV with columns ``ID,cause`` (header only when none)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["ID", "cause"])
-            writer.writerows(sorted(self.failed.items()))
-        return path
+        """Write the failures as a CSV with columns ``ID,cause`` (header only when none),
+        atomically (:func:`hpa_kit.outputs.atomic_write_text`; the folder is created)."""
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["ID", "cause"])
+        writer.writerows(sorted(self.failed.items()))
+        return atomic_write_text(path, text.getvalue())
 
     def to_dict(self) -> dict[str, object]:
         return {"done": list(self.done), "skipped": dict(self.skipped), "failed": dict(self.failed)}

@@ -60,6 +60,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from hpa_kit.errors import DEBUG_ENV, RunError, UsageError, describe
+from hpa_kit.outputs import atomic_write_text
 from hpa_kit.progress import interactive
 
 __all__ = [
@@ -393,7 +394,7 @@ def _read_text(path: Path) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _reset_dir(path: Path, *, marker: str) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from hpa_kit.labels import NUM_CLASSES, LabelError, parse_label_list
+from hpa_kit.labels import NUM_CLASSES, LabelError, class_index, parse_label_list
 
 __all__ = ["balance_folds", "canonical_labels", "label_matrix", "make_folds"]
 
@@ -45,8 +45,9 @@ def canonical_labels(text: str) -> str:
 
     Accepts ``|`` or ``,`` between classes, surrounding spaces and repeated classes: the
     competition's ``train.csv`` has 146 rows such as ``"13|13"`` and ``"13|0|13"``, and the
-    public HPA list maps several location names to one class. Raises
-    :class:`~hpa_kit.labels.LabelError` for an empty string or a class outside 0..18.
+    public HPA list maps several location names to one class. Each class is ``0`` .. ``18``
+    written plainly (:func:`hpa_kit.labels.class_index`: not ``01``, ``+1`` or ``1_0``). Raises
+    :class:`~hpa_kit.labels.LabelError` for an empty string or any other class token.
 
     >>> canonical_labels("13|0|13")
     '0|13'
@@ -60,9 +61,10 @@ def canonical_labels(text: str) -> str:
     classes: set[int] = set()
     for part in _SEPARATORS.split(text):
         token = part.strip()
-        if not (token.isascii() and token.isdigit()) or int(token) >= NUM_CLASSES:
+        value = class_index(token)
+        if value is None:
             raise LabelError(f"bad class {token!r} in label string {text!r}: expected 0..18")
-        classes.add(int(token))
+        classes.add(value)
     return "|".join(str(c) for c in sorted(classes))
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "ValidationReport",
     "WriteReport",
     "cells_prediction_string",
+    "check_image_id",
     "format_confidence",
     "format_prediction_string",
     "is_placeholder",
@@ -336,6 +337,29 @@ def _id_problem(text: str) -> str | None:
     if ".." in text:
         return f"ID {_shown(text, 60)!r} holds '..'"
     return None
+
+
+def check_image_id(text: str) -> str:
+    """``text`` when it can be an image id (the ``ID`` rule of the module docstring, the one
+    :func:`read_sample` and :func:`validate_submission` apply), else :class:`SubmissionError`
+    saying why. For code that makes ids, so that a bad one is refused before anything is
+    written.
+
+    >>> check_image_id("synth_00000")
+    'synth_00000'
+    >>> check_image_id('a"b_00000')
+    Traceback (most recent call last):
+    ...
+    hpa_kit.submission.SubmissionError: ID 'a"b_00000' holds a quote ('"')
+    >>> check_image_id("a..b_00000")
+    Traceback (most recent call last):
+    ...
+    hpa_kit.submission.SubmissionError: ID 'a..b_00000' holds '..'
+    """
+    problem = _id_problem(text)
+    if problem is not None:
+        raise SubmissionError(problem)
+    return text
 
 
 def _read_size(text: str, column: str) -> tuple[int, str | None]:

@@ -574,17 +574,29 @@ class _Geometry:
     nucleus_center: tuple[float, float]  # local (row, col)
 
 
+def _bright_dots(
+    rng: np.random.Generator,
+    g: _Geometry,
+    where: np.ndarray,
+    counts: tuple[int, int],
+    radius: float,
+    *,
+    spread: float,
+    gain: float,
+) -> np.ndarray:
+    """:func:`_dots` in ``where`` (their number drawn from ``counts``, high end excluded),
+    times ``gain``, clipped to [0, 1]."""
+    count = int(rng.integers(*counts))
+    dots = _dots(rng, g.cell.shape, where, count, radius, spread=spread)
+    return np.clip(dots * gain, 0.0, 1.0)
+
+
 def _nucleoplasm(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
     texture = 0.85 + 0.15 * _smooth_noise(rng, g.cell.shape, 0.15 * g.nucleus_radius)
-    holes = _dots(
-        rng,
-        g.cell.shape,
-        g.nucleus & (g.nucleus_distance < 0.6),
-        int(rng.integers(1, 4)),
-        0.16 * g.nucleus_radius,
-    )
+    where = g.nucleus & (g.nucleus_distance < 0.6)
+    holes = _bright_dots(rng, g, where, (1, 4), 0.16 * g.nucleus_radius, spread=0.3, gain=1.0)
     inside = _soft_inside(g.nucleus_distance, 0.12) * g.nucleus
-    return inside * texture * (1.0 - 0.8 * np.clip(holes, 0.0, 1.0))
+    return inside * texture * (1.0 - 0.8 * holes)
 
 
 def _nuclear_membrane(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
@@ -595,27 +607,15 @@ def _nuclear_membrane(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
 
 
 def _nucleoli(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
-    blobs = _dots(
-        rng,
-        g.cell.shape,
-        g.nucleus & (g.nucleus_distance < 0.55),
-        int(rng.integers(1, 5)),
-        0.2 * g.nucleus_radius,
-        spread=0.25,
-    )
-    return np.clip(blobs * 1.3, 0.0, 1.0) * g.nucleus + 0.04 * g.nucleus
+    where = g.nucleus & (g.nucleus_distance < 0.55)
+    blobs = _bright_dots(rng, g, where, (1, 5), 0.2 * g.nucleus_radius, spread=0.25, gain=1.3)
+    return blobs * g.nucleus + 0.04 * g.nucleus
 
 
 def _speckles(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
-    dots = _dots(
-        rng,
-        g.cell.shape,
-        g.nucleus & (g.nucleus_distance < 0.85),
-        int(rng.integers(15, 36)),
-        0.075 * g.nucleus_radius,
-        spread=0.4,
-    )
-    return (np.clip(dots * 1.4, 0.0, 1.0) + 0.1) * g.nucleus
+    where = g.nucleus & (g.nucleus_distance < 0.85)
+    dots = _bright_dots(rng, g, where, (15, 36), 0.075 * g.nucleus_radius, spread=0.4, gain=1.4)
+    return (dots + 0.1) * g.nucleus
 
 
 def _golgi(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
@@ -627,15 +627,9 @@ def _golgi(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
         g.nucleus_center[1] + reach * math.cos(side),
     )
     near = np.hypot(rows - target[0], cols - target[1]) < 0.7 * g.nucleus_radius
-    blobs = _dots(
-        rng,
-        g.cell.shape,
-        near & g.cytoplasm,
-        int(rng.integers(6, 12)),
-        0.14 * g.nucleus_radius,
-        spread=0.4,
-    )
-    return np.clip(blobs * 1.3, 0.0, 1.0) * g.cell
+    where = near & g.cytoplasm
+    blobs = _bright_dots(rng, g, where, (6, 12), 0.14 * g.nucleus_radius, spread=0.4, gain=1.3)
+    return blobs * g.cell
 
 
 def _plasma_membrane(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
@@ -659,15 +653,9 @@ def _cytosol(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
 
 
 def _vesicles(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
-    dots = _dots(
-        rng,
-        g.cell.shape,
-        g.cytoplasm & (g.edge_distance > 0.03 * g.radius),
-        int(rng.integers(25, 61)),
-        0.04 * g.radius,
-        spread=0.35,
-    )
-    return np.clip(dots * 1.4, 0.0, 1.0) * g.cell + 0.04 * g.cytoplasm
+    where = g.cytoplasm & (g.edge_distance > 0.03 * g.radius)
+    dots = _bright_dots(rng, g, where, (25, 61), 0.04 * g.radius, spread=0.35, gain=1.4)
+    return dots * g.cell + 0.04 * g.cytoplasm
 
 
 def _negative(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
@@ -905,7 +893,12 @@ def write_dataset(
     ``class 1 mask``, readable by ``hpa-kit score``). Image ``k`` has id
     ``{id_prefix}_{k:05d}`` and seed ``(seed, k)``, so it does not depend on ``n``. An image
     that fails to write is recorded in ``failures`` and left out of the CSVs; the others go on.
-    ``progress=False`` hides the progress bar.
+    ``progress=False`` hides the progress bar. The CSVs are written atomically
+    (:mod:`hpa_kit.outputs`).
+
+    Raises ``ValueError`` before anything is written for a bad ``n`` or ``seed``, or an
+    ``id_prefix`` whose ids break the id rule of submissions
+    (:func:`hpa_kit.submission.check_image_id`: quotes, ``..``, spaces...).
     """
     from hpa_kit.progress import progress_bar
 
@@ -946,10 +939,14 @@ def _check_dataset_args(n: int, seed: int, id_prefix: str) -> None:
         raise ValueError(f"n must be a positive int, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if not id_prefix or any(ch in id_prefix for ch in "/\\ ,"):
-        raise ValueError(
-            f"id_prefix must be non-empty without '/', '\\', ' ' or ',', got {id_prefix!r}"
-        )
+    from hpa_kit.submission import SubmissionError, check_image_id
+
+    if not isinstance(id_prefix, str) or not id_prefix:
+        raise ValueError(f"id_prefix must be a non-empty str, got {id_prefix!r}")
+    try:  # the ids differ only in their digits: the first one stands for them all
+        check_image_id(f"{id_prefix}_{0:05d}")
+    except SubmissionError as exc:
+        raise ValueError(f"id_prefix {id_prefix!r} cannot start an image id: {exc}") from None
 
 
 def _write_image(out: Path, image_id: str, synth: SynthImage) -> str:
@@ -970,22 +967,25 @@ def _write_tables(
     """``train.csv``, ``sample_submission.csv`` and ``truth.csv`` of the written images."""
     import pandas as pd
 
+    from hpa_kit.outputs import atomic_write_text
     from hpa_kit.submission import placeholder_prediction_string, read_sample, write_submission
 
     height, width = shape
     ids = list(labels)
-    train_csv = out / "train.csv"
-    pd.DataFrame({"ID": ids, "Label": list(labels.values())}).to_csv(train_csv, index=False)
-    sample_path = out / "sample_submission.csv"
+    train_csv = atomic_write_text(
+        out / "train.csv",
+        pd.DataFrame({"ID": ids, "Label": list(labels.values())}).to_csv(index=False),
+    )
     placeholder = placeholder_prediction_string(height, width)
-    pd.DataFrame(
+    sample = pd.DataFrame(
         {
             "ID": ids,
             "ImageWidth": [width] * len(ids),
             "ImageHeight": [height] * len(ids),
             "PredictionString": [placeholder] * len(ids),
         }
-    ).to_csv(sample_path, index=False)
+    )
+    sample_path = atomic_write_text(out / "sample_submission.csv", sample.to_csv(index=False))
     truth_path = out / "truth.csv"
     write_submission(truth_path, truths, read_sample(sample_path))
     return train_csv, sample_path, truth_path

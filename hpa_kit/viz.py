@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from hpa_kit.io import CHANNELS
+from hpa_kit.outputs import atomic_path
 
 __all__ = [
     "annotate_cells",
@@ -310,7 +311,8 @@ def overlay(
 
 
 def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
-    """Write an RGB (or 2-D grey) ``uint8`` array as PNG, atomically; returns the path."""
+    """Write an RGB (or 2-D grey) ``uint8`` array as PNG, atomically
+    (:func:`hpa_kit.outputs.atomic_path`; the folder is created); returns the path."""
     cv2 = _cv2()
     array = np.asarray(rgb)
     if array.dtype != np.uint8 or not (
@@ -321,14 +323,12 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
             f"{array.shape} dtype {array.dtype} for {path}"
         )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     bgr = array if array.ndim == 2 else np.ascontiguousarray(array[..., ::-1])
     ok, data = cv2.imencode(".png", bgr)
     if not ok:  # pragma: no cover - imencode fails only on invalid input
         raise OSError(f"could not encode PNG for {path}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
+    with atomic_path(path) as temp:
+        temp.write_bytes(data.tobytes())
     return path
 
 

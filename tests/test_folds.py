@@ -42,6 +42,16 @@ def test_canonical_labels_rejects(text):
         canonical_labels(text)
 
 
+@pytest.mark.parametrize("token", ["01", "00", "+1", "1_0", "\u0661", "\uff11", "1\u0660"])
+def test_canonical_labels_takes_classes_only_as_written_plainly(token):
+    """One rule for class tokens (hpa_kit.labels.class_index): int() would read each of these."""
+    for text in (token, f"0|{token}", f"{token}, 2"):
+        with pytest.raises(LabelError, match="bad class"):
+            canonical_labels(text)
+    with pytest.raises(LabelError, match="row 1"):
+        label_matrix(["3", f"2|{token}"])
+
+
 def test_label_matrix_literal():
     y = label_matrix(["8|5|0", "18"])
     expected = np.zeros((2, 19), dtype=np.uint8)
@@ -299,3 +309,31 @@ def test_cli_folds_bad_input(tmp_path, capsys):
     assert main(["folds", str(src), "--out", str(tmp_path / "o.csv"), "--n-splits", "2"]) == 2
     assert "row 1" in capsys.readouterr().err and not (tmp_path / "o.csv").exists()
     assert main(["folds", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o.csv")]) == 2
+
+
+def test_cli_folds_checks_out_before_the_work(tmp_path, capsys):
+    src = tmp_path / "train.csv"
+    pd.DataFrame({"ID": list("abcd"), "Label": ["0", "1", "0", "1"]}).to_csv(src, index=False)
+    before = src.read_bytes()
+    cases = [
+        (src, "name the same file"),  # the input itself: never overwritten
+        (tmp_path, "is a folder"),
+    ]
+    for out, message in cases:
+        assert main(["folds", str(src), "--out", str(out), "--n-splits", "2"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and err.count("\n") == 0, err
+    assert src.read_bytes() == before
+
+
+def test_cli_folds_replaces_only_its_own_output(tmp_path, capsys):
+    src = tmp_path / "train.csv"
+    pd.DataFrame({"ID": list("abcd"), "Label": ["0", "1", "0", "1"]}).to_csv(src, index=False)
+    out = tmp_path / "folds.csv"
+    argv = ["folds", str(src), "--out", str(out), "--n-splits", "2"]
+    assert main(argv) == 0 and main([*argv[:-1], "3"]) == 0  # a rerun replaces its own table
+    mine = tmp_path / "notes.csv"
+    mine.write_text("ID,comment\na,keep me\n")
+    assert main(["folds", str(src), "--out", str(mine), "--n-splits", "2"]) == 2
+    assert "is not a folds table" in capsys.readouterr().err
+    assert mine.read_text() == "ID,comment\na,keep me\n"

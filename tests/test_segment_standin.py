@@ -18,6 +18,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
+from write_checks import fail_renames_to, plant_leftovers, temp_names  # noqa: E402
+
 from hpa_kit.errors import UsageError  # noqa: E402
 from hpa_kit.segment import (  # noqa: E402
     WEIGHT_FILES,
@@ -112,9 +114,8 @@ def test_refuses_a_file_as_folder(tmp_path):
 def test_a_failed_save_leaves_no_weight_file(tmp_path, monkeypatch):
     monkeypatch.setattr(standin, "build_standin", lambda kind, seed: _Small())
 
-    def fail(obj, path):
-        with open(path, "wb") as f:
-            f.write(b"PK\x03\x04 half a file")
+    def fail(obj, handle):
+        handle.write(b"PK\x03\x04 half a file")
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", fail)
@@ -136,6 +137,30 @@ def test_overwrite_replaces_the_files(tmp_path, monkeypatch):
     nuclei = torch.load(paths[0], weights_only=False)
     assert isinstance(nuclei, torch.nn.DataParallel) and isinstance(nuclei.module, _Small)
     assert isinstance(torch.load(paths[1], weights_only=False), _Small)
+
+
+def _seeded_small(kind, seed):
+    torch.manual_seed(seed)
+    return _Small()
+
+
+def test_writes_are_atomic_and_bytes_do_not_depend_on_the_temporary_name(tmp_path, monkeypatch):
+    """A killed write's leftover goes at the next write into the folder; the same weights give
+    the same bytes in two folders (torch.save records a path's name inside the archive, the
+    temporary name differs every time); a failed overwrite keeps the old file."""
+    monkeypatch.setattr(standin, "build_standin", _seeded_small)
+    one, two = tmp_path / "one", tmp_path / "two"
+    leftovers = plant_leftovers(one / WEIGHT_FILES["cell"])
+    paths = standin.write_standin_weights(one, seed=3)
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in paths)
+    assert not any(p.exists() for p in leftovers)
+    for path, again in zip(paths, standin.write_standin_weights(two, seed=3), strict=True):
+        assert path.read_bytes() == again.read_bytes(), path.name
+    before = [p.read_bytes() for p in paths]
+    fail_renames_to(monkeypatch, WEIGHT_FILES["nuclei"])
+    with pytest.raises(OSError, match="Input/output error"):
+        standin.write_standin_weights(one, seed=4, overwrite=True)
+    assert [p.read_bytes() for p in paths] == before and temp_names(one) == []
 
 
 # --------------------------------------------------------------------------- real weights

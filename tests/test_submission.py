@@ -19,6 +19,7 @@ from hpa_kit.submission import (
     FILE_KEY,
     SubmissionError,
     cells_prediction_string,
+    check_image_id,
     format_confidence,
     format_prediction_string,
     parse_prediction_string,
@@ -560,6 +561,24 @@ def test_read_sample_rejects_unsafe_ids_with_line_and_id(tmp_path, field, messag
     with pytest.raises(SubmissionError, match="line 3"):
         write_submission(tmp_path / "s.csv", {}, path)
     assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "image_id", ["a", "x.y", "a-b_1", "a,b", 'a"b', "a'b", "a/b", "a\\b", "..", "a b", "\u00e9", ""]
+)
+def test_check_image_id_is_the_rule_read_sample_applies(image_id) -> None:
+    """Code that makes ids (hpa_kit.synth) checks them up front by the sample reader's rule."""
+    sample = pd.DataFrame({"ID": [image_id], "ImageWidth": [4], "ImageHeight": [3]})
+    try:
+        read_sample(sample)
+    except SubmissionError as exc:
+        assert image_id not in ("a", "x.y", "a-b_1")
+        with pytest.raises(SubmissionError) as found:
+            check_image_id(image_id)
+        assert str(found.value) in str(exc)
+    else:
+        assert image_id in ("a", "x.y", "a-b_1")
+        assert check_image_id(image_id) == image_id
 
 
 def test_read_sample_rejects_repeats_and_empty_samples(tmp_path) -> None:

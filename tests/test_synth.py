@@ -291,6 +291,33 @@ def test_write_dataset_bad_arguments(tmp_path):
         write_dataset(tmp_path, n=1, size=64, seed=-1)
 
 
+@pytest.mark.parametrize("prefix", ['a"b', "a..b", "a'b", "a b", "a,b", "a/b", "caf\u00e9", ""])
+def test_a_bad_id_prefix_is_refused_before_anything_is_written(tmp_path, capsys, prefix):
+    """The ids must pass the sample reader's id rule (hpa_kit.submission.check_image_id): it
+    is checked first, so a bad prefix writes nothing (it used to write images, masks,
+    train.csv and sample_submission.csv, then fail on reading them back)."""
+    from hpa_kit.cli import main
+
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="id_prefix"):
+        write_dataset(out, n=1, size=64, seed=0, id_prefix=prefix)
+    assert main(["synth", str(out), "--n", "1", "--size", "64", "--id-prefix", prefix]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hpa-kit synth: id_prefix") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("classes", ["01", "0,+16", "1_6", "\u0661", "", ","])
+def test_cli_synth_takes_classes_only_as_written_plainly(tmp_path, capsys, classes):
+    """--classes reads class tokens by hpa_kit.labels.class_index (int() read "01" as 1)."""
+    from hpa_kit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["synth", str(tmp_path / "out"), "--n", "1", "--size", "64", "--classes", classes])
+    assert exit_.value.code == 2 and "classes must be" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_synth(tmp_path: Path, capsys):
     from hpa_kit.cli import main
 

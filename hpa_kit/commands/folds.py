@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Read a CSV with an image id column and a label column of '8|5|0' strings, assign "
             "each row to a fold with MultilabelStratifiedKFold (seeded shuffle), then even out "
             "the fold sizes (floor or ceil of rows / folds) with the least change to the "
-            "class balance, and write the table with an int column 'fold'."
+            "class balance, and write the table with an int column 'fold' (atomically: a "
+            "failed write leaves an existing --out as it was)."
         ),
     )
     parser.add_argument("csv", help="training table, e.g. train.csv (ID,Label)")
@@ -32,13 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import sys
     from pathlib import Path
 
     import pandas as pd
 
+    from hpa_kit.errors import UsageError, describe
     from hpa_kit.folds import make_folds
+    from hpa_kit.outputs import atomic_write_text, check_distinct_files
 
+    check_distinct_files({"CSV": args.csv, "--out": args.out})  # never overwrite the input
+    if Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a folder; give the path of a CSV file to write")
     try:
         table = pd.read_csv(args.csv, dtype={args.label_col: str}, keep_default_na=False)
         out = make_folds(
@@ -49,11 +54,30 @@ def _run(args: argparse.Namespace) -> int:
             balance=not args.no_balance,
         )
     except (OSError, ValueError) as exc:  # missing file, bad column, bad label (LabelError)
-        print(f"hpa-kit folds: {args.csv}: {exc}", file=sys.stderr)
-        return 2
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(path, index=False)
+        raise UsageError(f"{args.csv}: {describe(exc)}") from exc
+    _check_replaceable(Path(args.out), list(out.columns))
+    path = atomic_write_text(args.out, out.to_csv(index=False))
     sizes = out["fold"].value_counts().sort_index()
     print(f"wrote {path}: {len(out)} rows, fold sizes " + ", ".join(map(str, sizes.tolist())))
     return 0
+
+
+def _check_replaceable(out, columns: list[str]) -> None:
+    """An existing ``--out`` is replaced only when it is a folds table of the same columns (a
+    previous run's output); any other file is refused, so nothing the user wrote is lost."""
+    import csv
+
+    from hpa_kit.errors import UsageError
+
+    if not out.exists():
+        return
+    try:
+        with out.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        header = []
+    if header != columns:
+        raise UsageError(
+            f"--out {out} exists and is not a folds table of this CSV (columns "
+            f"{','.join(columns)}); remove it or choose another --out"
+        )

@@ -173,9 +173,8 @@ def _options(args: argparse.Namespace):
 
 
 def _segmenter(args: argparse.Namespace, device: str):
-    """The segmenter the options ask for; bad sizes or missing weights are usage errors."""
-    from hpa_kit.errors import UsageError, describe
-    from hpa_kit.segment import ClassicalSegmenter, NetworkSegmenter
+    """The segmenter the options ask for (bad sizes or missing weights: UsageError)."""
+    from hpa_kit.segment import make_segmenter
 
     if not (args.seg_weights or args.classical):
         print(
@@ -183,17 +182,9 @@ def _segmenter(args: argparse.Namespace, device: str):
             "(--classical says so; --seg-weights DIR uses hpacellseg's networks)",
             file=sys.stderr,
         )
-    try:
-        if args.seg_weights:
-            return NetworkSegmenter.from_dir(
-                args.seg_weights, device, scale=args.seg_scale, pixel_size=args.pixel_size
-            )
-        return ClassicalSegmenter(scale=args.seg_scale, pixel_size=args.pixel_size)
-    except ValueError as exc:  # SegConfig's checks
-        given = f"--seg-scale {args.seg_scale}, --pixel-size {args.pixel_size}"
-        raise UsageError(f"bad segmenter option ({given}): {describe(exc)}") from exc
-    except (OSError, ImportError) as exc:
-        raise UsageError(f"cannot load the segmentation networks: {describe(exc)}") from exc
+    return make_segmenter(
+        args.seg_weights, device=device, scale=args.seg_scale, pixel_size=args.pixel_size
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -68,10 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _segmenter(args: argparse.Namespace):
-    """The segmenter the options ask for; bad sizes or missing weights are usage errors."""
-    from hpa_kit.errors import UsageError, describe
+    """The segmenter the options ask for (bad sizes or missing weights: UsageError)."""
     from hpa_kit.runner import check_number
-    from hpa_kit.segment import ClassicalSegmenter, NetworkSegmenter
+    from hpa_kit.segment import make_segmenter
 
     if not (args.weights_dir or args.classical):
         print(
@@ -79,26 +78,19 @@ def _segmenter(args: argparse.Namespace):
             "(--classical says so; --weights-dir DIR uses hpacellseg's networks)",
             file=sys.stderr,
         )
-    try:
-        if args.weights_dir:
-            from hpa_kit.predict import resolve_device
+    device = "cpu"
+    if args.weights_dir:
+        from hpa_kit.predict import resolve_device
 
-            check_number("--batch-size", args.batch_size, low=1, integer=True)
-            return NetworkSegmenter.from_dir(
-                args.weights_dir,
-                resolve_device(args.device),
-                scale=args.scale,
-                batch_size=args.batch_size,
-                pixel_size=args.pixel_size,
-            )
-        return ClassicalSegmenter(scale=args.scale, pixel_size=args.pixel_size)
-    except UsageError:
-        raise
-    except ValueError as exc:  # SegConfig's checks
-        given = f"--scale {args.scale}, --pixel-size {args.pixel_size}"
-        raise UsageError(f"bad segmenter option ({given}): {describe(exc)}") from exc
-    except (OSError, ImportError) as exc:
-        raise UsageError(f"cannot load the segmentation networks: {describe(exc)}") from exc
+        check_number("--batch-size", args.batch_size, low=1, integer=True)
+        device = resolve_device(args.device)
+    return make_segmenter(
+        args.weights_dir,
+        device=device,
+        scale=args.scale,
+        pixel_size=args.pixel_size,
+        batch_size=args.batch_size,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

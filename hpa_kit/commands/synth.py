@@ -31,12 +31,16 @@ def _size(text: str) -> int | tuple[int, int]:
 
 
 def _classes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.replace("|", ",").split(",") if p.strip())
-    except ValueError:
+    """``"0,16"`` (or ``"0|16"``) -> (0, 16); each class written plainly
+    (:func:`hpa_kit.labels.class_index`: ``01``, ``+1`` or ``1_0`` are refused)."""
+    from hpa_kit.labels import class_index
+
+    values = [class_index(p.strip()) for p in text.replace("|", ",").split(",") if p.strip()]
+    if not values or None in values:
         raise argparse.ArgumentTypeError(
-            f"classes must be comma-separated class indices, got {text!r}"
-        ) from None
+            f"classes must be comma-separated classes 0..18 (e.g. 0,16), got {text!r}"
+        )
+    return tuple(values)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,7 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="image size: N (square) or HEIGHTxWIDTH, e.g. 1024x2048 (default 2048)",
     )
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    parser.add_argument("--id-prefix", default="synth", help="image ids are PREFIX_00000, ...")
+    parser.add_argument(
+        "--id-prefix",
+        default="synth",
+        help="image ids are PREFIX_00000, ...; the ids must follow the ID rule of submissions "
+        "(printable ASCII without spaces, commas, quotes, '/', '\\' or '..'), checked before "
+        "anything is written (default synth)",
+    )
     parser.add_argument(
         "--classes",
         type=_classes,

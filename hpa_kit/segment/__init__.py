@@ -51,6 +51,7 @@ from hpa_kit.segment._segmenter import (
     NetworkSegmenter,
     Segmenter,
     device_stage,
+    make_segmenter,
     segment,
 )
 from hpa_kit.segment.classical import ClassicalConfig, classical_maps
@@ -74,6 +75,7 @@ __all__ = [
     "device_stage",
     "label_cells",
     "load_segmentation_models",
+    "make_segmenter",
     "maps_to_labels",
     "match_dataset",
     "match_labels",

@@ -30,6 +30,7 @@ __all__ = [
     "NetworkSegmenter",
     "Segmenter",
     "device_stage",
+    "make_segmenter",
     "segment",
 ]
 
@@ -285,6 +286,48 @@ class NetworkSegmenter(_Base):
             + ("" if self.pixel_size == 1 else f", pixel_size={self.pixel_size}")
             + ")"
         )
+
+
+def make_segmenter(
+    weights_dir: str | os.PathLike | None = None,
+    *,
+    device: str = "cpu",
+    scale: float = 0.25,
+    pixel_size: float = 1.0,
+    batch_size: int = 4,
+) -> ClassicalSegmenter | NetworkSegmenter:
+    """hpacellseg's networks from the weight files in ``weights_dir`` (on ``device``,
+    ``batch_size`` images per network call), or the weights-free :class:`ClassicalSegmenter`
+    when it is ``None``.
+
+    The one place the command line turns its segmentation options into a segmenter: bad sizes
+    (:class:`SegConfig`'s checks) and missing or unreadable weight files raise
+    :class:`hpa_kit.errors.UsageError` naming the values and the cause.
+
+    >>> make_segmenter(scale=0.5)
+    ClassicalSegmenter(scale=0.5)
+    >>> make_segmenter(scale=7.0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    hpa_kit.errors.UsageError: bad segmenter option (scale 7.0, pixel size 1.0): ...
+    """
+    from hpa_kit.errors import UsageError, describe
+
+    try:
+        if weights_dir is None:
+            return ClassicalSegmenter(scale=scale, pixel_size=pixel_size)
+        return NetworkSegmenter.from_dir(
+            weights_dir, device, scale=scale, batch_size=batch_size, pixel_size=pixel_size
+        )
+    except UsageError:
+        raise
+    except ValueError as exc:  # SegConfig's checks
+        given = f"scale {scale}, pixel size {pixel_size}"
+        raise UsageError(f"bad segmenter option ({given}): {describe(exc)}") from exc
+    except (OSError, ImportError) as exc:
+        raise UsageError(
+            f"cannot load the segmentation networks from {weights_dir}: {describe(exc)}"
+        ) from exc
 
 
 def segment(

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from hpa_kit.errors import UsageError
+from hpa_kit.outputs import atomic_path
 from hpa_kit.segment.networks import CELL_MEAN, CELL_STD, WEIGHT_FILES
 
 __all__ = [
@@ -215,7 +216,9 @@ def write_standin_weights(
     The nuclei network (seed ``seed``) is pickled whole inside ``nn.DataParallel``, the cell
     network (seed ``seed + 1``) whole, as hpacellseg's ``dpn_unet_nuclei_v1.pth`` and
     ``dpn_unet_cell_3ch_v1.pth`` are; about 560 MB each, CPU tensors on any machine.
-    ``folder`` is created if needed.
+    ``folder`` is created if needed. Each file is written atomically
+    (:func:`hpa_kit.outputs.atomic_path`): a failed or killed write leaves no partial weight
+    file, and the bytes do not depend on the temporary name.
 
     Returns ``(nuclei_path, cell_path)``, ready for
     :func:`hpa_kit.segment.load_segmentation_models` (or pass ``folder`` to
@@ -246,10 +249,9 @@ def write_standin_weights(
 
 
 def _save(module: nn.Module, path: Path) -> None:
-    """``torch.save`` through a temporary file, so that no truncated weight file is left."""
-    partial = path.with_name(path.name + ".partial")
-    try:
-        torch.save(module, partial)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    """``torch.save`` through :func:`hpa_kit.outputs.atomic_path`, so that no truncated weight
+    file is left (and a killed save's leftover goes at the next write into the folder)."""
+    with atomic_path(path) as temp, open(temp, "wb") as handle:
+        # Through a file object: torch names the archive inside after a path it is given, and
+        # the temporary name would make two writes of the same weights differ in their bytes.
+        torch.save(module, handle)
