@@ -30,7 +30,7 @@ CELL_LEARNING: tuple[str, ...] = ("image-labels", "bags", "refined")
 ``refined``: ``refine_from`` first, then ``refine_rounds`` rounds of row training on soft
 labels the previous model gives (:mod:`hpa_kit.pseudo`)."""
 # Fields that may change between an interrupted run and its resume (out_dir: a run folder
-# copied elsewhere, e.g. from a Kaggle dataset into /kaggle/working, resumes there).
+# copied elsewhere, e.g. from a Kaggle dataset into the working folder, resumes there).
 RESUME_FREE_FIELDS = frozenset(
     {"resume", "stop_after_epochs", "workers", "progress", "images_dir", "cache_dir", "device"}
     | {"out_dir"}
@@ -283,7 +283,7 @@ class TrainConfig:
     pooling: str = "lse"
     pool_temperature: float = 1.0
     refine_from: str = "image-labels"
-    refine_rounds: int = 1
+    refine_rounds: int = 2
     refine_floor: float = 0.0
     soft_labels: str | None = None
     init_from: str | None = None

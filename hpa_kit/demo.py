@@ -203,7 +203,7 @@ class DemoConfig:
     torch_threads: int | None = 1
     cell_learning: str = "image-labels"
     refine_from: str = "image-labels"
-    refine_rounds: int = 1
+    refine_rounds: int = 2
     pooling: str = "lse"
     preset: str | None = None
 

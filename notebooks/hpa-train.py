@@ -52,7 +52,7 @@ LIMIT_TRAIN = os.environ.get("HPA_LIMIT_TRAIN", "")  # a count or fraction of ro
 RESUME = os.environ.get("HPA_RESUME", "0") == "1"  # continue from OUT/last
 CELL_LEARNING = os.environ.get("HPA_CELL_LEARNING", "image-labels")  # or bags, refined
 POOLING = os.environ.get("HPA_POOLING", "lse")  # bags: max, lse (smooth max) or mean
-REFINE_ROUNDS = int(os.environ.get("HPA_REFINE_ROUNDS", "1"))  # refined: soft-label rounds
+REFINE_ROUNDS = int(os.environ.get("HPA_REFINE_ROUNDS", "2"))  # refined: soft-label rounds
 # Folder of wheels for an offline install; empty: the folder under INPUT holding hpa_kit.
 WHEELS = os.environ.get("HPA_WHEELS", "")
 # What pip installs when no wheels folder is found (online: Colab): a git URL or a wheel.

@@ -95,7 +95,8 @@ def test_oracle_demo_trains_on_the_truth_and_records_it(oracle_run):
 def test_refined_demo_runs_its_stages(tmp_path):
     from hpa_kit.demo import format_summary, run_demo
 
-    result = run_demo(tmp_path / "out", quick_config(cell_learning="refined"), log=lambda *_: None)
+    config = quick_config(cell_learning="refined", refine_rounds=1)
+    result = run_demo(tmp_path / "out", config, log=lambda *_: None)
     summary, model = result.summary, result.out / "model"
     assert summary["cell_learning"] == "refined" and summary["submission_valid"]
     assert (model / "round1" / "soft_labels.csv").is_file() and (model / "best").is_dir()

@@ -432,7 +432,13 @@ def test_limits_take_whole_bags(planted, tmp_path):
 def test_refined_run_stays_in_the_labels_and_improves_on_its_start(planted, planted_runs, tmp_path):
     root, truth = planted
     il_config, il_result, il_error = planted_runs["image-labels"]
-    config = _cfg(root, tmp_path / "refined", cell_learning="refined", refine_from="image-labels")
+    config = _cfg(
+        root,
+        tmp_path / "refined",
+        cell_learning="refined",
+        refine_from="image-labels",
+        refine_rounds=1,
+    )
     assert [name for name, _ in stage_configs(config)] == ["stage0", "round1"]
     out = Path(config.out_dir)
     # stage 0 is the image-labels run (same config and seed): a copy of it resumes as finished
@@ -461,6 +467,7 @@ def test_refined_run_resumes_across_stages(planted, tmp_path):
         tmp_path / "r",
         cell_learning="refined",
         refine_from="bags",
+        refine_rounds=1,
         epochs=3,
         limit_train=8,
         limit_val=4,
@@ -567,14 +574,15 @@ def test_train_notebook_runs_a_refined_crop_run(planted, tmp_path):
         "HPA_WORKERS": "0",
         "HPA_LIMIT_TRAIN": "6",
         "HPA_CELL_LEARNING": "refined",
-        "HPA_REFINE_ROUNDS": "2",
+        "HPA_REFINE_ROUNDS": "1",
     }
     jupyter = make_kernelspec(tmp_path / "jupyter", sys.executable)
     nb = run_notebook("hpa-train", settings, jupyter, tmp_path)
     run = tmp_path / "run"
-    assert (run / "round2" / "soft_labels.csv").is_file() and (run / "best" / "model.pt").is_file()
+    assert (run / "round1" / "soft_labels.csv").is_file() and (run / "best" / "model.pt").is_file()
+    assert not (run / "round2").exists()
     text = outputs_text(nb)
-    assert "round2" in text and "cell_learning='refined'" in text
+    assert "round1" in text and "cell_learning='refined'" in text
 
 
 def test_init_from_starts_from_a_checkpoint(planted, planted_runs, tmp_path):

@@ -153,11 +153,11 @@ def test_from_file_yaml_json_and_overrides(tmp_path):
     assert cfg.lr == 1e-3 and cfg.fold == 2 and cfg.clip_grad_norm == 1.0
     assert cfg.channels == ("red", "green", "blue", "yellow") and cfg.class_alpha == {1: 0.25}
     assert TrainConfig.from_file(yaml_file).lr == 6e-4  # "6e-4" is a str to PyYAML
-    assert (cfg.cell_learning, cfg.pooling, cfg.refine_rounds) == ("image-labels", "lse", 1)
+    assert (cfg.cell_learning, cfg.pooling, cfg.refine_rounds) == ("image-labels", "lse", 2)
     weak = TrainConfig.from_file(
-        yaml_file, overrides=["cell_learning=refined", "refine_rounds=2", "pooling=max"]
+        yaml_file, overrides=["cell_learning=refined", "refine_rounds=3", "pooling=max"]
     )
-    assert (weak.cell_learning, weak.refine_rounds, weak.pooling) == ("refined", 2, "max")
+    assert (weak.cell_learning, weak.refine_rounds, weak.pooling) == ("refined", 3, "max")
     assert TrainConfig.from_dict(weak.to_dict()) == weak
     json_file = tmp_path / "c.json"
     json_file.write_text(json.dumps(cfg.to_dict()))
