@@ -389,6 +389,9 @@ def test_bag_run_logs_bags_and_writes_a_plain_per_cell_checkpoint(planted_runs, 
     }
     saved = json.loads((Path(config.out_dir) / "train_config.json").read_text())
     assert saved["cell_learning"] == "bags" and saved["pooling"] == "max"
+    # batch_size 16 crops, bags of 4: 4 bags per batch; 24 training bags: 6 steps an epoch
+    state = torch.load(Path(config.out_dir) / "last" / "train_state.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 6 * 8
 
 
 def test_bag_run_interrupted_and_resumed_reproduces_the_run(planted, planted_runs, tmp_path):
