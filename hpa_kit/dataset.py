@@ -32,6 +32,7 @@ augmentations do not depend on worker count, worker timing or the number of proc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,35 +46,47 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("hpa_kit.dataset needs torch: pip install torch") from exc
 
 from hpa_kit.augment import RGB, channel_names, seed_pipeline, train_transform, val_transform
+from hpa_kit.errors import RunError
 from hpa_kit.labels import NUM_CLASSES, LabelError, parse_labels
 
 __all__ = [
+    "BagDataset",
     "HPADataset",
     "SampleReadError",
     "SeededSampler",
+    "bag_groups",
+    "collate_bags",
     "find_missing",
     "sample_seed",
 ]
 
 
-class SampleReadError(RuntimeError):
-    """An image of the table could not be read; the message names the id and the cause."""
+class SampleReadError(RunError):
+    """An image of the table could not be read; the message names the id and the cause.
 
-    def __init__(self, image_id: str, folder: str | Path, cause: BaseException) -> None:
-        self.image_id = image_id
+    ``SampleReadError(message)`` (one argument) rebuilds the error from the text a
+    ``DataLoader`` worker passes back (the worker's traceback): the id, folder and cause are
+    read from its last line, so the main process reports the same one line.
+    """
+
+    def __init__(
+        self, image_id: str, folder: str | Path | None = None, cause: BaseException | None = None
+    ) -> None:
+        if folder is None and cause is None:
+            found = _READ_ERROR.findall(str(image_id))
+            image_id, folder, text = found[-1] if found else ("?", "?", str(image_id))
+        else:
+            text = f"{type(cause).__name__}: {cause}"
+        self.image_id = str(image_id)
         self.folder = str(folder)
-        self.cause = f"{type(cause).__name__}: {cause}"
-        super().__init__(f"cannot read image id {image_id!r} from {self.folder}: {self.cause}")
+        self.cause = text
+        super().__init__(f"cannot read image id {self.image_id!r} from {self.folder}: {text}")
 
-    def __reduce__(self):  # keep it picklable across DataLoader worker processes
-        return (_rebuild_read_error, (self.image_id, self.folder, self.cause))
+    def __reduce__(self):  # picklable: rebuilt from its message
+        return (SampleReadError, (str(self),))
 
 
-def _rebuild_read_error(image_id: str, folder: str, cause: str) -> SampleReadError:
-    error = SampleReadError.__new__(SampleReadError)
-    error.image_id, error.folder, error.cause = image_id, folder, cause
-    RuntimeError.__init__(error, f"cannot read image id {image_id!r} from {folder}: {cause}")
-    return error
+_READ_ERROR = re.compile(r"cannot read image id '([^'\n]*)' from ([^\n]*?): ([^\n]*)")
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -91,6 +104,27 @@ def _io():
     return io
 
 
+def _channel_problem(folder: str | Path, image_id: str, names: Sequence[str]) -> str | None:
+    io = _io()
+    lacking, empty = [], []
+    for color in names:
+        path = io.channel_path(folder, image_id, color)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            lacking.append(color)
+            continue
+        if not path.is_file():
+            lacking.append(color)
+        elif size == 0:
+            empty.append(path.name)
+    if lacking:
+        return f"no {', '.join(lacking)} channel PNG in {folder}"
+    if empty:
+        return f"empty file {', '.join(empty)} in {folder}"
+    return None
+
+
 def find_missing(
     ids: Sequence[str],
     images_dir: str | Path,
@@ -98,21 +132,19 @@ def find_missing(
     channels: Sequence[str] = RGB,
     cache_dir: str | Path | None = None,
 ) -> dict[str, str]:
-    """``{id: reason}`` for ids lacking a channel PNG (in ``images_dir`` and in ``cache_dir``).
+    """``{id: reason}`` for ids lacking a channel PNG (in ``images_dir`` and in ``cache_dir``)
+    or whose channel file is empty (0 bytes).
 
-    Only checks that the files exist (cheap), not that they decode.
+    Only looks at the files' existence and size (cheap), not whether they decode.
     """
-    io = _io()
     names = channel_names(channels)
     missing: dict[str, str] = {}
     for image_id in ids:
-        lacking = [c for c in names if not io.channel_path(images_dir, image_id, c).is_file()]
-        if lacking and cache_dir is not None:
-            in_cache = all(io.channel_path(cache_dir, image_id, c).is_file() for c in names)
-            if in_cache:
-                lacking = []
-        if lacking:
-            missing[str(image_id)] = f"no {', '.join(lacking)} channel PNG in {images_dir}"
+        problem = _channel_problem(images_dir, image_id, names)
+        if problem and cache_dir is not None and not _channel_problem(cache_dir, image_id, names):
+            problem = None
+        if problem:
+            missing[str(image_id)] = problem
     return missing
 
 
@@ -125,7 +157,8 @@ class HPADataset(Dataset):
     4 = RGBY); ``size`` resize on read (area; ``None`` keeps the stored size); ``transform``
     an albumentations pipeline (or any ``f(image=...) -> {"image": ...}``; ``None`` returns
     the uint8 image as an ``HxWxC`` numpy array); ``cache_dir`` / ``write_cache`` see the
-    module docstring.
+    module docstring; ``targets`` an ``(len(df), 19)`` array of values in ``[0, 1]`` (soft
+    labels, :mod:`hpa_kit.pseudo`) used instead of ``label_col``.
     """
 
     def __init__(
@@ -140,12 +173,15 @@ class HPADataset(Dataset):
         write_cache: bool = False,
         id_col: str = "ID",
         label_col: str | None = "Label",
+        targets: np.ndarray | None = None,
     ) -> None:
         if id_col not in df.columns:
             raise KeyError(f"table has no {id_col!r} column (columns: {list(df.columns)})")
         self.ids: list[str] = [str(v) for v in df[id_col].tolist()]
         self.targets = np.zeros((len(self.ids), NUM_CLASSES), dtype=np.float32)
-        if label_col is not None:
+        if targets is not None:
+            self.targets = _soft_targets(targets, len(self.ids))
+        elif label_col is not None:
             if label_col not in df.columns:
                 raise KeyError(f"table has no {label_col!r} column (columns: {list(df.columns)})")
             for row, (image_id, text) in enumerate(
@@ -237,6 +273,15 @@ class HPADataset(Dataset):
         return image, torch.from_numpy(self.targets[index].copy())
 
 
+def _soft_targets(targets: Any, rows: int) -> np.ndarray:
+    array = np.asarray(targets, dtype=np.float32)
+    if array.shape != (rows, NUM_CLASSES):
+        raise ValueError(f"targets must have shape ({rows}, {NUM_CLASSES}), got {array.shape}")
+    if not np.all((array >= 0) & (array <= 1)):
+        raise ValueError("targets must lie in [0, 1]")
+    return array.copy()
+
+
 class SeededSampler(Sampler):
     """A :class:`~torch.utils.data.DistributedSampler` whose items carry an augmentation seed.
 
@@ -277,3 +322,74 @@ class SeededSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for index in self._inner:
             yield index, sample_seed(self.seed, self.epoch, index)
+
+
+# ---------------------------------------------------------------- bags (multiple instances)
+
+
+def bag_groups(bags: Sequence[Any]) -> list[np.ndarray]:
+    """Row indices of each bag, bags in order of first appearance.
+
+    >>> [g.tolist() for g in bag_groups(["b", "a", "b", "c"])]
+    [[0, 2], [1], [3]]
+    """
+    keys = np.asarray([str(b) for b in bags], dtype=object)
+    if keys.size == 0:
+        return []
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    rows = np.argsort(inverse, kind="stable")  # rows grouped by key, ascending within a key
+    groups = np.split(rows, np.cumsum(np.bincount(inverse))[:-1])
+    return [groups[label] for label in np.argsort(first, kind="stable")]
+
+
+class BagDataset(Dataset):
+    """Bags of rows of an :class:`HPADataset`: ``dataset[b]`` -> ``(images, target)``.
+
+    ``images`` stacks the (transformed) rows of bag ``b`` (``(n, C, H, W)`` for tensor
+    transforms); ``target`` is the bag's label: the union (element-wise maximum) of its
+    rows' targets, i.e. the image's labels when the rows are its cell crops. Like
+    :class:`HPADataset`, ``dataset[(b, seed)]`` seeds the augmentation, row ``j`` of the bag
+    with ``sample_seed(seed, 0, j)``. :func:`collate_bags` batches bags without padding.
+    """
+
+    def __init__(self, rows: HPADataset, groups: Sequence[Sequence[int]]) -> None:
+        self.rows = rows
+        self.groups = [np.asarray(g, dtype=np.int64) for g in groups]
+        if any(g.size == 0 for g in self.groups):
+            raise ValueError("every bag needs at least one row")
+        if any(g.min() < 0 or g.max() >= len(rows) for g in self.groups):
+            raise ValueError(f"bag rows must be in 0..{len(rows) - 1}")
+        self.targets = np.stack([rows.targets[g].max(axis=0) for g in self.groups])
+
+    @classmethod
+    def from_column(cls, rows: HPADataset, df: Any, column: str) -> BagDataset:
+        """Bags of the rows of ``df`` (the table ``rows`` was built from) sharing ``column``."""
+        if column not in df.columns:
+            raise KeyError(f"table has no {column!r} column to group bags by")
+        return cls(rows, bag_groups(df[column].tolist()))
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, torch.Tensor]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        group = self.groups[int(index)]
+        items = [
+            self.rows[int(row)] if seed is None else self.rows[(int(row), sample_seed(seed, 0, j))]
+            for j, row in enumerate(group)
+        ]
+        images = [item[0] for item in items]
+        stacked = torch.stack(images) if isinstance(images[0], torch.Tensor) else np.stack(images)
+        return stacked, torch.from_numpy(self.targets[int(index)].copy())
+
+
+def collate_bags(items: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+    """``[(images (n_b, ...), target), ...]`` -> ``(images (sum n_b, ...), bags, targets)``.
+
+    ``bags[i]`` is the position in the batch of the bag of image ``i``
+    (:mod:`hpa_kit.mil`'s contract); ``targets`` is ``(n_bags, 19)``.
+    """
+    images = torch.cat([item[0] for item in items])
+    sizes = torch.tensor([len(item[0]) for item in items], dtype=torch.long)
+    bags = torch.repeat_interleave(torch.arange(len(items)), sizes)
+    return images, bags, torch.stack([item[1] for item in items])

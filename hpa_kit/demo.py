@@ -12,7 +12,13 @@ What it does (each step uses the package's own modules):
    each cell is cropped exactly as the predictor crops (:func:`hpa_kit.crop.crop_cells`); a
    crop gets its *image's* labels. Folds are drawn per image, so no image has cells on both sides.
 3. **Training** (:func:`hpa_kit.train.fit`): a small timm model from scratch on the crops,
-   briefly, on the CPU.
+   briefly, on the CPU. ``cell_learning`` chooses how the crops learn from their image's
+   labels: ``image-labels`` (the default, as above), ``bags`` (:mod:`hpa_kit.mil`),
+   ``refined`` (soft labels, :mod:`hpa_kit.pseudo`) or ``oracle``, which trains the crops on
+   the true classes of the synthetic cell each overlaps (:mod:`hpa_kit.oracle`,
+   ``crops/crops_oracle.csv``) and exists only to measure how much the labels limit the
+   score. The ``weak-labels`` preset (:data:`PRESETS`) trains long enough on large enough
+   crops that they do.
 4. **Prediction** (:func:`hpa_kit.predict.predict_folder`): the test set is segmented with
    the same classical segmenter, every cell is classified with TTA, ``submission.csv`` is
    written and validated (:func:`hpa_kit.submission.validate_submission`).
@@ -50,16 +56,18 @@ Output folder layout (``out``; ``{id}`` is ``train_00000``..., ``test_00000``...
     crops/
       images/{id}_c{cell:04d}_{color}.png   one crop per found cell, config.channels
       crops.csv                   ID,Label,image,fold (each crop with its image's labels)
+      crops_oracle.csv            the same crops with their true cell's classes (oracle only)
     model/                        hpa_kit.train.fit output
       best/model.pt, best/config.json         the checkpoint used (lowest validation loss)
       last/model.pt, last/config.json, last/train_state.pt   the last epoch (resumable)
       log.jsonl, train_config.json            per-epoch log, the training config
+      stage0/, round1/, ...       refined only: each stage's run (round*/soft_labels.csv)
     submission.csv                per-cell prediction of the test set (validated)
     baseline.csv                  whole-image confidence for every cell
     baseline_cell_mean.csv        mean cell confidence for every cell
     overlays/{id}.png             predicted (left) beside truth (right), first ``overlays`` ids
-    summary.json                  scores, gain, F1, counts, training, torch kernels, seconds,
-                                  problems, paths, config
+    summary.json                  scores, gain, F1, counts, cell learning and preset,
+                                  training, torch kernels, seconds, problems, paths, config
 
 Everything is seeded: the same config, on the same machine and torch CPU kernel set, gives the
 same files and numbers (torch on the CPU is deterministic for these models; the timings are
@@ -82,20 +90,27 @@ from typing import TYPE_CHECKING, Any
 
 from hpa_kit.errors import RunError, UsageError
 from hpa_kit.io import CHANNELS, check_channels
+from hpa_kit.outputs import atomic_path, atomic_write_text
 from hpa_kit.segment import ClassicalSegmenter
 from hpa_kit.synth import SynthConfig, SynthDataset
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
     from hpa_kit.train import TrainConfig
 
 __all__ = [
     "HPA_SIZE",
     "SEGMENTATION_IOU",
+    "CELL_LEARNING",
+    "PRESETS",
     "DemoConfig",
     "DemoResult",
     "demo_paths",
+    "demo_train_config",
     "format_summary",
     "gain_over_baselines",
+    "preset_config",
     "quick_config",
     "run_demo",
     "torch_kernels",
@@ -105,6 +120,22 @@ HPA_SIZE = 2048
 """Side, in pixels, of the full-resolution HPA image a synthetic image stands for."""
 SEGMENTATION_IOU = 0.6
 """IoU at which a found cell matches a true cell (as the metric's mask IoU)."""
+
+CELL_LEARNING: tuple[str, ...] = ("image-labels", "bags", "refined", "oracle")
+"""``DemoConfig.cell_learning`` values: the training modes of :class:`hpa_kit.train.TrainConfig`
+and ``oracle`` (crops trained on the synthetic truth, to measure what better labels give)."""
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "weak-labels": {
+        "input_size": 64,
+        "epochs": 16,
+        "refine_from": "image-labels",
+        "refine_rounds": 2,
+    },
+}
+"""Named demo settings. ``weak-labels``: crops and training large enough that the crops'
+labels limit the score (the oracle beats image labels by 0.10 or more, BENCHMARKS.md), so
+weak-label methods show what they recover; ``refined`` there is the measured best."""
 
 MARKER = ".hpa-kit-demo"
 # Paths a demo writes under ``out`` (removed before a rerun into a folder holding the marker).
@@ -143,7 +174,13 @@ class DemoConfig:
     - ``synth``: the synthetic image recipe; ``progress``: tqdm bars;
     - ``torch_threads``: torch's CPU threads during the run (restored after; ``None`` keeps
       torch's setting). 1 by default: on a CPU shared with other jobs, OpenMP threads that
-      wait for each other made training several times slower than one thread.
+      wait for each other made training several times slower than one thread;
+    - ``cell_learning``: how the crops learn from their image's labels (:data:`CELL_LEARNING`):
+      ``image-labels`` (each crop its image's labels), ``bags`` (an image's crops pooled by
+      ``pooling``), ``refined`` (``refine_from``, then ``refine_rounds`` rounds of soft
+      labels, :mod:`hpa_kit.pseudo`) or ``oracle`` (each crop the true classes of the
+      synthetic cell it overlaps, :mod:`hpa_kit.oracle`: a measurement, not a method);
+    - ``preset``: the name of the preset the config came from (:data:`PRESETS`), recorded.
     """
 
     n_train: int = 120
@@ -164,6 +201,11 @@ class DemoConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     progress: bool = True
     torch_threads: int | None = 1
+    cell_learning: str = "image-labels"
+    refine_from: str = "image-labels"
+    refine_rounds: int = 2
+    pooling: str = "lse"
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         from hpa_kit.tta import resolve_tta
@@ -200,6 +242,24 @@ class DemoConfig:
             raise UsageError(
                 f"DemoConfig.torch_threads must be >= 1 or None, got {self.torch_threads}"
             )
+        self._check_cell_learning()
+
+    def _check_cell_learning(self) -> None:
+        from hpa_kit.mil import POOLINGS
+
+        if self.cell_learning not in CELL_LEARNING:
+            raise UsageError(
+                f"DemoConfig.cell_learning must be one of {CELL_LEARNING}, "
+                f"got {self.cell_learning!r}"
+            )
+        if self.refine_from not in ("image-labels", "bags") or self.pooling not in POOLINGS:
+            raise UsageError(
+                f"DemoConfig needs refine_from image-labels or bags and pooling in {POOLINGS}, "
+                f"got {self.refine_from!r}, {self.pooling!r}"
+            )
+        rounds = self.refine_rounds
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise UsageError(f"DemoConfig.refine_rounds must be an int >= 1, got {rounds!r}")
 
     @property
     def pixel_size(self) -> float:
@@ -213,6 +273,18 @@ class DemoConfig:
         data = dataclasses.asdict(self)
         data["pixel_size"] = self.pixel_size
         return data
+
+
+def preset_config(name: str, **changes: Any) -> DemoConfig:
+    """The :class:`DemoConfig` of preset ``name`` (:data:`PRESETS`), with ``changes``.
+
+    >>> cfg = preset_config("weak-labels", seed=1)
+    >>> cfg.input_size, cfg.epochs, cfg.preset, cfg.seed
+    (64, 16, 'weak-labels', 1)
+    """
+    if name not in PRESETS:
+        raise UsageError(f"unknown demo preset {name!r}; presets: {sorted(PRESETS)}")
+    return DemoConfig(**{**PRESETS[name], "preset": name, **changes})
 
 
 def quick_config(**changes: Any) -> DemoConfig:
@@ -262,6 +334,7 @@ def demo_paths(out: str | os.PathLike) -> dict[str, Path]:
         "train": out / "train",
         "test": out / "test",
         "crops": out / "crops",
+        "crops_oracle": out / "crops" / "crops_oracle.csv",
         "model": out / "model",
         "submission": out / "submission.csv",
         "baseline": out / "baseline.csv",
@@ -282,6 +355,7 @@ class _Run:
     log: Callable[[str], object]
     problems: dict[str, dict[str, str]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -330,7 +404,9 @@ def _prepare_out(out: Path) -> None:
             elif path.exists():
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by hpa-kit demo; rerunning the demo replaces its outputs\n")
+    atomic_write_text(
+        out / MARKER, "written by hpa-kit demo; rerunning the demo replaces its outputs\n"
+    )
 
 
 def run_demo(
@@ -388,7 +464,7 @@ def _run_demo(out: Path, config: DemoConfig, log: Callable[[str], object]) -> De
     )
     run.seconds["total"] = round(time.perf_counter() - started, 2)
     summary = _summary(run, outcome)
-    run.paths["summary"].write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(run.paths["summary"], json.dumps(summary, indent=2, default=str) + "\n")
     return DemoResult(out=out, summary=summary, paths=run.paths)
 
 
@@ -434,22 +510,38 @@ def _crops_stage(run: _Run, train_set: SynthDataset) -> int:
         progress=config.progress,
     )
     run.record("crops", failures)
-    crops.to_csv(paths["crops"] / "crops.csv", index=False)
+    with atomic_path(paths["crops"] / "crops.csv") as temp:
+        crops.to_csv(temp, index=False)
     if crops.empty or crops["fold"].nunique() < 2:
         raise RunError(
             f"too few training crops ({len(crops)}) for a train/validation split; "
             f"failures: {failures}"
         )
+    if config.cell_learning == "oracle":
+        _oracle_labels(run, crops)
     return len(crops)
 
 
-def _train_config(config: DemoConfig, paths: Mapping[str, Path]) -> TrainConfig:
+def _oracle_labels(run: _Run, crops: pd.DataFrame) -> None:
+    """``crops/crops_oracle.csv``: the crops with the true classes of the synthetic cell each
+    overlaps (IoU >= 0.5; unmatched crops keep their image's labels), for ``oracle``."""
+    from hpa_kit.oracle import oracle_labels
+
+    labels, counts = oracle_labels(crops, run.paths["train"], segmenter=run.segmenter)
+    with atomic_path(run.paths["crops_oracle"]) as temp:
+        crops.assign(Label=labels).to_csv(temp, index=False)
+    run.details["oracle"] = counts
+
+
+def demo_train_config(config: DemoConfig, paths: Mapping[str, Path]) -> TrainConfig:
     """The :class:`hpa_kit.train.TrainConfig` of the demo's training stage: the crops of
-    ``paths["crops"]``, fold 0 validates, the best epoch by validation loss, on the CPU."""
+    ``paths["crops"]`` (their oracle labels for ``cell_learning="oracle"``), fold 0
+    validates, the best epoch by validation loss, on the CPU."""
     from hpa_kit.train import TrainConfig
 
+    oracle = config.cell_learning == "oracle"
     return TrainConfig(
-        train_csv=os.fspath(paths["crops"] / "crops.csv"),
+        train_csv=os.fspath(paths["crops_oracle"] if oracle else paths["crops"] / "crops.csv"),
         images_dir=os.fspath(paths["crops"] / "images"),
         out_dir=os.fspath(paths["model"]),
         fold=0,
@@ -467,6 +559,10 @@ def _train_config(config: DemoConfig, paths: Mapping[str, Path]) -> TrainConfig:
         device="cpu",
         monitor="val_loss",
         progress=config.progress,
+        cell_learning="image-labels" if oracle else config.cell_learning,
+        pooling=config.pooling,
+        refine_from=config.refine_from,
+        refine_rounds=config.refine_rounds,
     )
 
 
@@ -474,7 +570,7 @@ def _train_stage(run: _Run) -> Any:
     """:func:`hpa_kit.train.fit` on the crops; returns its ``TrainResult``."""
     from hpa_kit.train import fit
 
-    return fit(_train_config(run.config, run.paths))
+    return fit(demo_train_config(run.config, run.paths))
 
 
 def _predict_stage(run: _Run, test_set: SynthDataset, checkpoint: Path) -> tuple[Any, Any]:
@@ -614,6 +710,9 @@ def _summary(run: _Run, outcome: _Outcome) -> dict[str, Any]:
             "test_cells_true": outcome.test_set.num_cells,
             "test_cells_found": outcome.predicted.cells,
         },
+        "cell_learning": run.config.cell_learning,
+        "preset": run.config.preset,
+        **run.details,
         "training": _training_summary(outcome.trained),
         "tta": run.config.tta,
         "segmenter": repr(run.segmenter),
@@ -659,6 +758,8 @@ def torch_kernels() -> dict[str, str | None]:
 
 def _training_summary(trained: Any) -> dict[str, Any]:
     keys = ("epoch", "train_loss", "val_loss", "macro_f1", "micro_f1")
+    if any("stage" in row for row in trained.history):  # refined: stage0, round1, ...
+        keys = ("stage", *keys)
     return {
         "epochs": trained.epochs_done,
         "best_epoch": trained.best_epoch,
@@ -709,6 +810,10 @@ def _score_lines(summary: Mapping[str, Any]) -> list[str]:
             f"{counts['test_images']} test images",
         ),
         ("TTA", summary["tta"]),
+        (
+            "cell learning (preset)",
+            f"{summary['cell_learning']} ({summary['preset'] or 'none'})",
+        ),
         (
             "torch, CPU kernels",
             f"{torch_info['version']}, {torch_info['cpu_capability']} "

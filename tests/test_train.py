@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from hpa_kit.cli import main as cli_main
+from hpa_kit.errors import UsageError
 from hpa_kit.io import write_channels
 from hpa_kit.model import load_classifier
 from hpa_kit.train import TrainConfig, build_loss, cosine_lambda, f1_scores, fit, split_fold
@@ -152,6 +153,12 @@ def test_from_file_yaml_json_and_overrides(tmp_path):
     assert cfg.lr == 1e-3 and cfg.fold == 2 and cfg.clip_grad_norm == 1.0
     assert cfg.channels == ("red", "green", "blue", "yellow") and cfg.class_alpha == {1: 0.25}
     assert TrainConfig.from_file(yaml_file).lr == 6e-4  # "6e-4" is a str to PyYAML
+    assert (cfg.cell_learning, cfg.pooling, cfg.refine_rounds) == ("image-labels", "lse", 2)
+    weak = TrainConfig.from_file(
+        yaml_file, overrides=["cell_learning=refined", "refine_rounds=3", "pooling=max"]
+    )
+    assert (weak.cell_learning, weak.refine_rounds, weak.pooling) == ("refined", 3, "max")
+    assert TrainConfig.from_dict(weak.to_dict()) == weak
     json_file = tmp_path / "c.json"
     json_file.write_text(json.dumps(cfg.to_dict()))
     assert TrainConfig.from_file(json_file) == cfg
@@ -255,9 +262,9 @@ def test_interrupt_and_resume_reproduce_the_run_exactly(full_run, data, tmp_path
     first = fit(_config(data, out, stop_after_epochs=2))
     assert not first.finished and first.epochs_done == 2
     assert len(_log(out)) == 2
-    with pytest.raises(FileExistsError, match="resume"):
+    with pytest.raises(UsageError, match="--resume"):
         fit(_config(data, out))
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(UsageError, match="lr"):
         fit(_config(data, out, resume=True, lr=1e-3))
     (out / "log.jsonl").unlink()  # e.g. lost in a crash: train_state.pt carries the rows
     second = fit(_config(data, out, resume=True, workers=1))  # workers may change
@@ -296,7 +303,7 @@ def test_missing_images_are_listed_before_training(data, tmp_path):
     df = pd.read_csv(data / "train.csv")
     df.loc[len(df)] = ["ghost", "3", 0]
     df.to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(FileNotFoundError, match="1 of 33 images.*ghost"):
+    with pytest.raises(UsageError, match="1 of 33 images.*ghost"):
         fit(_config(data, tmp_path / "o", train_csv=str(tmp_path / "t.csv")))
     assert not (tmp_path / "o").exists()
 

@@ -7,11 +7,21 @@ import argparse
 __all__ = ["register"]
 
 _DESCRIPTION = """\
-Train one fold of an image-level classifier (the seed's recipe: timm efficientnet_b0, AdamW,
-cosine schedule, focal/BCE loss, the seed's augmentations). FILE is YAML or JSON holding
+Train one fold of a classifier (the seed's recipe: timm efficientnet_b0, AdamW, cosine
+schedule, focal/BCE loss, the seed's augmentations). FILE is YAML or JSON holding
 TrainConfig fields; train_csv, images_dir and out_dir are required. Writes out_dir/best and
 out_dir/last (checkpoints hpa-kit predict loads), out_dir/log.jsonl (one line per epoch) and
-out_dir/train_config.json. For several GPUs:
+out_dir/train_config.json.
+Rows are whole images, or cell crops of a table with an `image` column; then
+cell_learning chooses how crops learn from their image's labels: image-labels (each crop its
+Label), bags (an image's crops pooled into image logits: pooling max, lse or mean) or refined
+(refine_from first, then refine_rounds rounds of crop training on soft labels kept inside the
+image's labels, in out_dir/stage0, out_dir/round1, ...). Every mode writes the same
+per-cell checkpoint.
+Exit status: 0 done; 2 a bad config, table, missing or empty image file, or an out_dir that
+already holds a run (pass --resume to continue it); 1 the training failed (an image that
+does not decode, a truncated last/train_state.pt).
+For several GPUs:
   torchrun --nproc_per_node N -m hpa_kit.cli train --config FILE
 """
 
@@ -50,18 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import json
     import os
-    import sys
 
     from hpa_kit._train_config import TrainConfig
 
     overrides = list(args.overrides)
     if args.resume:
         overrides.append("resume=true")
-    try:
-        config = TrainConfig.from_file(args.config, overrides=overrides)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"hpa-kit train: {exc}", file=sys.stderr)
-        return 2
+    config = TrainConfig.from_file(args.config, overrides=overrides)  # UsageError: exit 2
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
