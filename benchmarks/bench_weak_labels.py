@@ -345,7 +345,7 @@ def run(args: argparse.Namespace) -> None:
                 sets=args.set,
                 train=args.train,
                 data=data,
-                aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY", "default"),
+                aten_cpu_capability=os.environ.get("ATEN_CPU_CAPABILITY"),
                 cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 torch=torch.__version__,
                 machine=platform.machine(),
