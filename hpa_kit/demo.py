@@ -134,8 +134,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 """Named demo settings. ``weak-labels``: crops and training large enough that the crops'
-labels limit the score (the oracle beats image labels by 0.10 or more, BENCHMARKS.md), so
-weak-label methods show what they recover; ``refined`` there is the measured best."""
+labels limit the score (training on the true cell labels, the oracle, clearly beats image
+labels: BENCHMARKS.md gives the gap per seed and kernel set), so weak-label methods show what
+they recover; ``refined`` there is the measured best."""
 
 MARKER = ".hpa-kit-demo"
 # Paths a demo writes under ``out`` (removed before a rerun into a folder holding the marker).
