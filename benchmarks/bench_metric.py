@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 from _timing import interleaved
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from hpa_kit.labels import NUM_CLASSES
 from hpa_kit.metric import score_submission
+from hpa_kit.progress import progress_bar
 from hpa_kit.rle import encode_label_image
 from hpa_kit.submission import format_prediction_string, validate_submission, write_submission
 
@@ -98,7 +98,7 @@ def make_rows(
 def make_set(n: int, size: int, n_cells: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     truth_rows, pred_rows = [], []
-    for i in tqdm(range(n), desc=f"generate {size}px", unit="image", file=sys.stderr):
+    for i in progress_bar(range(n), desc=f"generate {size}px", unit="image", file=sys.stderr):
         t, p = make_rows(rng, f"synth{size}_{i:05d}", size, n_cells)
         truth_rows.append(t)
         pred_rows.append(p)
