@@ -375,7 +375,7 @@ class _Pipeline:
     def _worker_died(self, exc: BaseException) -> None:
         """A new pool; the ids in flight start again one at a time, or fail if alone."""
         in_flight = sorted(self.active.values(), key=lambda i: i.index)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        _discard_pool(self.pool)
         self.pool = _open_pool(self.options)
         if len(in_flight) == 1:
             (item,) = in_flight
@@ -464,6 +464,21 @@ def _open_pool(options: RunnerOptions) -> Executor:
         )
         return ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="hpa-kit")
     return pool
+
+
+def _discard_pool(pool: Executor) -> None:
+    """Shut a broken pool down without waiting, and end every worker process it started.
+
+    A breaking ``ProcessPoolExecutor`` terminates the workers it knows of, but one that a
+    ``submit`` spawned while the pool was breaking (CPython 3.11) is missed: it waits for work
+    forever, the pool's manager thread waits for it, and the interpreter hangs at exit. The
+    worker list is the pool's own (``_processes``, absent from other executors).
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
 
 
 def _ping() -> int:

@@ -134,6 +134,18 @@ def test_worker_processes_limit_their_threads_and_one_death_fails_one_id():
     assert results["die"].error.startswith(WORKER_DIED)
     limits = [r.value for r in run_jobs(["x", "y"], [Stage(thread_limits)], options)]
     assert all(pid != os.getpid() and rest == ["1", 1] for pid, *rest in limits), limits
+    _assert_no_worker_left()
+
+
+def _assert_no_worker_left(timeout: float = 10.0) -> None:
+    """Every worker process of the finished runs has ended (a live one hangs the interpreter's
+    exit: the broken pool's manager thread waits for it)."""
+    import multiprocessing
+
+    deadline = time.monotonic() + timeout
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()
 
 
 def test_processes_that_cannot_start_fall_back_to_threads():
