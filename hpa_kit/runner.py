@@ -454,7 +454,7 @@ def _open_pool(options: RunnerOptions) -> Executor:
     except BrokenExecutor as exc:
         # Spawned workers re-import __main__: that fails for code read from stdin and for a
         # script without an `if __name__ == "__main__":` guard. Threads need no re-import.
-        pool.shutdown(wait=False, cancel_futures=True)
+        _discard_pool(pool)
         warnings.warn(
             f"worker processes cannot start here ({describe(exc)}); working in "
             f"{options.workers} threads instead. In a script, run the job under "
