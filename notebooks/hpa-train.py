@@ -22,8 +22,8 @@
 # their logits are pooled by `POOLING` into the image's logits for the loss) or `refined`
 # (`image-labels` first, then `REFINE_ROUNDS` rounds of crop training on soft labels that the
 # previous model gives, never outside the image's labels). Every mode writes the same
-# per-cell checkpoint; on the synthetic benchmark `refined` with 2 rounds recovered most of
-# what perfect cell labels would give (BENCHMARKS.md).
+# per-cell checkpoint; on the synthetic benchmark `refined` with 2 rounds recovered about half
+# or more of what perfect cell labels would give (BENCHMARKS.md).
 
 # %% config
 import importlib.util
