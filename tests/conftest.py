@@ -66,3 +66,15 @@ def synth(tmp_path_factory):
     from hpa_kit.synth import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("synth"), n=3, size=256, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): faster on
+    a shared 2-core machine, and the same arithmetic for every run of the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

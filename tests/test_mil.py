@@ -28,13 +28,7 @@ from hpa_kit.pseudo import (
 )
 from hpa_kit.train import TrainConfig, fit, split_fold
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- pooling on literal tensors

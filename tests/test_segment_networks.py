@@ -30,12 +30,7 @@ def _image(shape, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (*shape, 4), dtype=np.uint8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()
